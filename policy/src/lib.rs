@@ -1,0 +1,1 @@
+//! Bulkhead's policy library (being built: issue 2).
