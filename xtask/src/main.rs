@@ -1,1 +1,117 @@
-fn main() {}
+//! `cargo xtask`: set-up, build, demo, test and bench for Bulkhead.
+//!
+//! Every command installs what it needs (nightly `rust-src`, `bpf-linker`, `cargo-fuzz`) when it
+//! is missing, so that the README's two commands work on a fresh machine.
+
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Bulkhead's build, demo, test and bench tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the toolchain pieces the eBPF build needs (idempotent).
+    Setup,
+    /// Build the enforcer (with its embedded eBPF object) in release mode.
+    Build,
+    /// Run the demo: workloads in network namespaces, a policy enforced in the kernel, verdicts.
+    Demo,
+    /// Every check: fmt, clippy -D warnings, unit, kernel, conformance and a bounded fuzz run.
+    Test {
+        /// Seconds for each fuzz target (0 skips fuzzing).
+        #[arg(long, default_value_t = 20)]
+        fuzz_seconds: u64,
+    },
+    /// Benchmarks: policy compiler and datapath, reported as ratios to a baseline of the same run.
+    Bench,
+    /// Run a fuzz target for a while (`cargo xtask fuzz policy_parse_compile --seconds 600`).
+    Fuzz {
+        #[arg(default_value = "policy_parse_compile")]
+        target: String,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Task::Setup => setup::all(),
+        Task::Build => {
+            setup::ebpf_toolchain()?;
+            cargo(&["build", "--release", "-p", "enforcer"])
+        }
+        Task::Demo => {
+            setup::all()?;
+            cargo(&["build", "--release", "-p", "enforcer"])?;
+            cargo(&["run", "--release", "-p", "bulkhead-tests", "--bin", "bulkhead-demo"])
+        }
+        Task::Test { fuzz_seconds } => test(fuzz_seconds),
+        Task::Bench => {
+            setup::all()?;
+            cargo(&["build", "--release", "-p", "enforcer"])?;
+            cargo(&["bench", "-p", "bulkhead-policy", "--bench", "compile"])?;
+            cargo(&["run", "--release", "-p", "bulkhead-tests", "--bin", "bulkhead-bench"])
+        }
+        Task::Fuzz { target, seconds } => {
+            setup::fuzz_toolchain()?;
+            fuzz(&target, seconds)
+        }
+    }
+}
+
+fn test(fuzz_seconds: u64) -> Result<()> {
+    setup::all()?;
+    step("fmt", || cargo(&["fmt", "--all", "--", "--check"]))?;
+    step("clippy", || {
+        cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
+    })?;
+    // Unit, kernel (real programs on this kernel, in test namespaces and cgroups) and
+    // conformance tests. Kernel tests need root; CI runs as root.
+    step("tests", || cargo(&["test", "--workspace", "--no-fail-fast"]))?;
+    if fuzz_seconds > 0 {
+        setup::fuzz_toolchain()?;
+        step("fuzz", || fuzz("policy_parse_compile", fuzz_seconds))?;
+    }
+    println!("xtask test: every step passed");
+    Ok(())
+}
+
+fn fuzz(target: &str, seconds: u64) -> Result<()> {
+    let status = Command::new("cargo")
+        .args(["+nightly", "fuzz", "run", target, "--fuzz-dir", "fuzz", "--"])
+        .arg(format!("-max_total_time={seconds}"))
+        .arg("-rss_limit_mb=4096")
+        .status()
+        .context("running cargo fuzz")?;
+    if !status.success() {
+        bail!("fuzz target {target} failed (a crash or panic was found: see fuzz/artifacts/)");
+    }
+    Ok(())
+}
+
+fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    println!("\n==> xtask test: {name}");
+    f().with_context(|| format!("step `{name}` failed"))
+}
+
+/// Runs cargo with the given arguments in the workspace root.
+pub(crate) fn cargo(args: &[&str]) -> Result<()> {
+    let status = Command::new("cargo")
+        .args(args)
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
