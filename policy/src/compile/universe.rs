@@ -1,0 +1,262 @@
+//! The identity universe of one compile: workload label sets, policy CIDRs and composite
+//! identities, their numbers, the address trie contents, and the selector cache (each distinct
+//! selector evaluated once over the distinct label sets, not over workloads).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use crate::identity::{AllocationTable, IdentityInfo, LabelSet, addr_bytes, cidr_key, composite_key, net_bytes};
+use crate::ir;
+use crate::model::{Inventory, WorkloadRef};
+use crate::selector::{canonical, matches};
+use crate::{Error, identity};
+
+use super::AddrPrefix;
+
+/// What a peer identity is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PeerKind {
+    Workload(usize),
+    Cidr(usize),
+    Composite(usize, usize),
+}
+
+pub(crate) struct Universe {
+    pub label_sets: Vec<LabelSet>,
+    pub ls_ids: Vec<u32>,
+    pub cidrs: Vec<IpNet>,
+    pub cidr_ids: Vec<u32>,
+    /// (label set, cidr, id).
+    pub composites: Vec<(usize, usize, u32)>,
+    pub composites_of_ls: Vec<Vec<usize>>,
+    pub composites_of_cidr: Vec<Vec<usize>>,
+    pub peer_kinds: HashMap<u32, PeerKind>,
+    /// Workload -> (label set index, ips, cgroup).
+    pub workloads: BTreeMap<WorkloadRef, (usize, Vec<IpAddr>, Option<String>)>,
+    pub addresses: BTreeMap<AddrPrefix, u32>,
+    subject_cache: HashMap<String, Arc<Vec<usize>>>,
+    peer_cache: HashMap<String, Arc<Vec<u32>>>,
+}
+
+/// Most specific CIDR of `cidrs` (same family) containing `ip`.
+fn most_specific(cidrs: &[IpNet], ip: IpAddr) -> Option<usize> {
+    cidrs
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.contains(&ip))
+        .max_by_key(|(_, n)| n.prefix_len())
+        .map(|(i, _)| i)
+}
+
+impl Universe {
+    pub fn build(
+        policies: &[Arc<ir::Policy>],
+        inventory: &Inventory,
+        table: &mut AllocationTable,
+    ) -> Result<Universe, Error> {
+        let mut label_sets: Vec<LabelSet> = Vec::new();
+        let mut by_key: HashMap<String, usize> = HashMap::new();
+        let mut keys_of: Vec<String> = Vec::new();
+        let mut workloads = BTreeMap::new();
+        let mut ns_labels: HashMap<&str, BTreeMap<String, String>> = HashMap::new();
+        for ns in &inventory.namespaces {
+            ns_labels.insert(&ns.name, inventory.namespace_labels(&ns.name).unwrap_or_default());
+        }
+        for w in &inventory.workloads {
+            let mut ports = w.ports.clone();
+            ports.sort();
+            let ls = LabelSet {
+                namespace: w.namespace.clone(),
+                namespace_labels: ns_labels.get(w.namespace.as_str()).cloned().unwrap_or_default(),
+                labels: w.labels.clone(),
+                service_account: w.service_account.clone(),
+                ports,
+            };
+            let key = ls.key();
+            let idx = *by_key.entry(key.clone()).or_insert_with(|| {
+                label_sets.push(ls);
+                keys_of.push(key);
+                label_sets.len() - 1
+            });
+            workloads.insert(w.reference(), (idx, w.ips.clone(), w.cgroup.clone()));
+        }
+        let mut cidr_set = BTreeSet::new();
+        for p in policies {
+            for r in &p.rules {
+                for peer in r.peers.iter().flatten() {
+                    if let ir::Peer::Cidr { net, except } = peer {
+                        cidr_set.insert(*net);
+                        cidr_set.extend(except.iter().copied());
+                    }
+                }
+            }
+        }
+        let cidrs: Vec<IpNet> = cidr_set.into_iter().collect();
+        let mut composite_keys: BTreeMap<(usize, usize), String> = BTreeMap::new();
+        for (idx, ips, _) in workloads.values() {
+            for ip in ips {
+                if let Some(ci) = most_specific(&cidrs, *ip) {
+                    composite_keys.entry((*idx, ci)).or_insert_with(|| composite_key(&cidrs[ci], &keys_of[*idx]));
+                }
+            }
+        }
+        let mut all: BTreeSet<String> = keys_of.iter().cloned().collect();
+        all.extend(cidrs.iter().map(cidr_key));
+        all.extend(composite_keys.values().cloned());
+        table.allocate(&all)?;
+        let id = |k: &str| table.get(k).unwrap_or(identity::reserved()[2].0);
+        let ls_ids: Vec<u32> = keys_of.iter().map(|k| id(k)).collect();
+        let cidr_ids: Vec<u32> = cidrs.iter().map(|c| id(&cidr_key(c))).collect();
+        let mut peer_kinds = HashMap::new();
+        for (i, v) in ls_ids.iter().enumerate() {
+            peer_kinds.insert(*v, PeerKind::Workload(i));
+        }
+        for (i, v) in cidr_ids.iter().enumerate() {
+            peer_kinds.insert(*v, PeerKind::Cidr(i));
+        }
+        let mut composites = Vec::new();
+        let mut composites_of_ls = vec![Vec::new(); label_sets.len()];
+        let mut composites_of_cidr = vec![Vec::new(); cidrs.len()];
+        let mut comp_index = HashMap::new();
+        for ((ls, ci), key) in &composite_keys {
+            let v = id(key);
+            comp_index.insert((*ls, *ci), v);
+            composites_of_ls[*ls].push(composites.len());
+            composites_of_cidr[*ci].push(composites.len());
+            composites.push((*ls, *ci, v));
+            peer_kinds.insert(v, PeerKind::Composite(*ls, *ci));
+        }
+        // Address trie: CIDRs, then workload addresses (/32, /128).
+        let mut addresses = BTreeMap::new();
+        let mut v6_covers_v4 = false;
+        let mut v4_default = false;
+        for (i, c) in cidrs.iter().enumerate() {
+            let (addr, prefix_len) = net_bytes(c);
+            addresses.insert(AddrPrefix { addr, prefix_len }, cidr_ids[i]);
+            match c {
+                IpNet::V6(n) => v6_covers_v4 |= n.contains(&mapped_v4_range()),
+                IpNet::V4(n) => v4_default |= n.prefix_len() == 0,
+            }
+        }
+        if v6_covers_v4 && !v4_default {
+            // An IPv6 CIDR never matches IPv4 addresses: shadow it for the mapped range.
+            addresses.insert(AddrPrefix { addr: addr_bytes(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)), prefix_len: 96 }, identity::reserved()[2].0);
+        }
+        for (idx, ips, _) in workloads.values() {
+            for ip in ips {
+                let v = match most_specific(&cidrs, *ip) {
+                    Some(ci) => comp_index[&(*idx, ci)],
+                    None => ls_ids[*idx],
+                };
+                addresses.insert(AddrPrefix { addr: addr_bytes(*ip), prefix_len: 128 }, v);
+            }
+        }
+        Ok(Universe {
+            label_sets,
+            ls_ids,
+            cidrs,
+            cidr_ids,
+            composites,
+            composites_of_ls,
+            composites_of_cidr,
+            peer_kinds,
+            workloads,
+            addresses,
+            subject_cache: HashMap::new(),
+            peer_cache: HashMap::new(),
+        })
+    }
+
+    /// Identity descriptions.
+    pub fn infos(&self) -> BTreeMap<u32, IdentityInfo> {
+        let mut out: BTreeMap<u32, IdentityInfo> = identity::reserved()
+            .into_iter()
+            .map(|(n, name)| (n, IdentityInfo::Reserved { name: name.to_owned() }))
+            .collect();
+        for (i, ls) in self.label_sets.iter().enumerate() {
+            out.insert(self.ls_ids[i], IdentityInfo::Workload(ls.clone()));
+        }
+        for (i, c) in self.cidrs.iter().enumerate() {
+            out.insert(self.cidr_ids[i], IdentityInfo::Cidr { cidr: *c });
+        }
+        for (ls, ci, v) in &self.composites {
+            out.insert(*v, IdentityInfo::Composite { workload: self.ls_ids[*ls], cidr: self.cidrs[*ci] });
+        }
+        out
+    }
+
+    /// Label sets a policy subject selects (cached per distinct subject).
+    pub fn subjects(&mut self, s: &ir::Subject) -> Arc<Vec<usize>> {
+        let key = format!(
+            "{:?}|{}|{}|{:?}",
+            s.namespace,
+            s.namespace_selector.as_ref().map(canonical).unwrap_or_default(),
+            s.pod_selector.as_ref().map(canonical).unwrap_or_default(),
+            s.service_accounts
+        );
+        if let Some(v) = self.subject_cache.get(&key) {
+            return v.clone();
+        }
+        let v: Vec<usize> = self
+            .label_sets
+            .iter()
+            .enumerate()
+            .filter(|(_, ls)| {
+                s.namespace.as_ref().is_none_or(|n| *n == ls.namespace)
+                    && s.namespace_selector.as_ref().is_none_or(|sel| matches(sel, &ls.namespace_labels))
+                    && s.pod_selector.as_ref().is_none_or(|sel| matches(sel, &ls.labels))
+                    && (s.service_accounts.is_empty() || s.service_accounts.contains(&ls.service_account))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let v = Arc::new(v);
+        self.subject_cache.insert(key, v.clone());
+        v
+    }
+
+    /// Sorted peer identities a list of peers selects (cached per distinct peer list).
+    pub fn peers(&mut self, peers: &[ir::Peer]) -> Arc<Vec<u32>> {
+        let key = format!("{peers:?}");
+        if let Some(v) = self.peer_cache.get(&key) {
+            return v.clone();
+        }
+        let mut out = BTreeSet::new();
+        for p in peers {
+            match p {
+                ir::Peer::Workloads { namespace, namespace_selector, pod_selector, service_account } => {
+                    for (i, ls) in self.label_sets.iter().enumerate() {
+                        let ok = namespace.as_ref().is_none_or(|n| *n == ls.namespace)
+                            && namespace_selector.as_ref().is_none_or(|sel| matches(sel, &ls.namespace_labels))
+                            && pod_selector.as_ref().is_none_or(|sel| matches(sel, &ls.labels))
+                            && service_account.as_ref().is_none_or(|(ns, name)| {
+                                *name == ls.service_account && ns.as_ref().is_none_or(|n| *n == ls.namespace)
+                            });
+                        if ok {
+                            out.insert(self.ls_ids[i]);
+                            out.extend(self.composites_of_ls[i].iter().map(|c| self.composites[*c].2));
+                        }
+                    }
+                }
+                ir::Peer::Cidr { net, except } => {
+                    for (ci, c) in self.cidrs.iter().enumerate() {
+                        if crate::compile::cidr_selects(net, except, c) {
+                            out.insert(self.cidr_ids[ci]);
+                            out.extend(self.composites_of_cidr[ci].iter().map(|x| self.composites[*x].2));
+                        }
+                    }
+                }
+            }
+        }
+        let v = Arc::new(out.into_iter().collect::<Vec<u32>>());
+        self.peer_cache.insert(key, v.clone());
+        v
+    }
+}
+
+/// `::ffff:0:0/96`, the IPv4-mapped range of the address trie.
+pub(crate) fn mapped_v4_range() -> ipnet::Ipv6Net {
+    ipnet::Ipv6Net::new(std::net::Ipv4Addr::UNSPECIFIED.to_ipv6_mapped(), 96).unwrap_or_default()
+}
