@@ -174,6 +174,41 @@ pub struct VerdictEvent {
     pub _pad: [u8; 10],
 }
 
+/// Key of the per-flow table (`FLOWS`, LRU hash) for traffic that no socket-level decision covers:
+/// unconnected UDP, listener sockets (TCP SYN de-duplication) and protocols without ports. One
+/// entry per (socket, remote address, remote port, protocol): the first packet of a flow writes
+/// the event, later packets (and replies, through the same key) follow the recorded decision.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub socket_cookie: u64,
+    /// Remote address, IPv6 or IPv4-mapped.
+    pub remote_addr: [u8; 16],
+    /// Remote port, host byte order (0 for protocols without ports).
+    pub remote_port: u16,
+    /// `PROTO_*`.
+    pub protocol: u8,
+    pub _pad: [u8; 5],
+}
+
+/// Value of the per-flow table: the decision and its orientation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowValue {
+    pub revision: u64,
+    /// Boot-time ns of the last packet that created or refreshed the entry.
+    pub seen_ns: u64,
+    pub rule_id: u32,
+    pub verdict: u8,
+    pub reason: u8,
+    /// Direction the flow was decided in (`DIR_*`).
+    pub direction: u8,
+    pub flags: u8,
+}
+
+/// `SockDecision::flags`: the entry holds a decision (a zeroed, freshly created entry does not).
+pub const SOCK_DECISION_VALID: u8 = 1;
+
 const _: () = {
     assert!(core::mem::size_of::<PolicyKey>() == 12);
     assert!(core::mem::size_of::<PolicyValue>() == 24);
@@ -182,11 +217,16 @@ const _: () = {
     assert!(core::mem::size_of::<Config>() == 16);
     assert!(core::mem::size_of::<SockDecision>() == 16);
     assert!(core::mem::size_of::<VerdictEvent>() == 96);
+    assert!(core::mem::size_of::<FlowKey>() == 32);
+    assert!(core::mem::size_of::<FlowValue>() == 24);
 };
 
 #[cfg(feature = "user")]
 mod pod {
-    #![allow(unsafe_code, reason = "aya::Pod is an unsafe marker trait; every type is repr(C) without padding")]
+    #![allow(
+        unsafe_code,
+        reason = "aya::Pod is an unsafe marker trait; every type is repr(C) without padding"
+    )]
     use super::*;
     unsafe impl aya::Pod for PolicyKey {}
     unsafe impl aya::Pod for PolicyValue {}
@@ -195,4 +235,6 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for SockDecision {}
     unsafe impl aya::Pod for VerdictEvent {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
 }

@@ -1,1 +1,5 @@
 //! Test harness (being built).
+pub mod bpf_query;
+pub mod cgroup;
+pub mod netns;
+pub mod workload;

@@ -1,0 +1,95 @@
+//! The maps of docs/design.md, plus `FLOWS` (per-flow decisions for traffic that no socket
+//! decision covers), and the scalar readers over them (pitfall 2: every map value is copied into
+//! a scalar right after the lookup).
+//!
+//! Sizes here are defaults: user space may change `max_entries` at load time (the ring buffer
+//! size in particular).
+
+use aya_ebpf::{
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+};
+use enforcer_common::{
+    AddrKey, Config, DefaultKey, FlowKey, FlowValue, PolicyKey, PolicyValue, SockDecision,
+    WorkloadValue, identity,
+};
+
+#[map]
+pub static WORKLOADS: HashMap<u64, WorkloadValue> = HashMap::with_max_entries(65_536, 0);
+
+#[map]
+pub static ADDRESSES: LpmTrie<AddrKey, u32> = LpmTrie::with_max_entries(262_144, 0);
+
+#[map]
+pub static POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(1_048_576, 0);
+
+#[map]
+pub static DEFAULTS: HashMap<DefaultKey, PolicyValue> = HashMap::with_max_entries(65_536, 0);
+
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(65_536, 0);
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+#[map]
+pub static EVENT_LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Socket storage must be a BTF map (pitfall 3).
+#[btf_map]
+pub static SOCK_DECISIONS: SkStorage<SockDecision> = SkStorage::new();
+
+/// `CONFIG[0]`, or a zero revision and the default unmanaged identity before the first write.
+#[inline(always)]
+pub fn config() -> (u64, u32) {
+    match CONFIG.get(0) {
+        Some(c) => (c.revision, c.unmanaged_identity),
+        None => (0, identity::UNMANAGED),
+    }
+}
+
+/// The identity of the local process or socket owner given its cgroup id; `None` when it is not
+/// enforced (no workload and `unmanaged_identity == UNMANAGED`).
+#[inline(always)]
+pub fn local_identity(cgroup_id: u64, unmanaged_identity: u32) -> Option<u32> {
+    // SAFETY: the value is copied out at once; nothing can alias it in between.
+    let found = unsafe { WORKLOADS.get(&cgroup_id) }.map(|w| w.identity);
+    match found {
+        Some(identity) => Some(identity),
+        None if unmanaged_identity != identity::UNMANAGED => Some(unmanaged_identity),
+        None => None,
+    }
+}
+
+/// `ADDRESSES[addr]` (longest prefix), `WORLD` on a miss.
+#[inline(always)]
+pub fn peer_identity(addr: &AddrKey) -> u32 {
+    let key = Key::new(128, *addr);
+    match ADDRESSES.get(&key) {
+        Some(id) => *id,
+        None => identity::WORLD,
+    }
+}
+
+/// Longest-prefix lookup of a full policy key, copied out.
+#[inline(always)]
+pub fn policy_entry(key: PolicyKey) -> Option<PolicyValue> {
+    let key = Key::new(enforcer_common::POLICY_KEY_FULL_BITS, key);
+    POLICY.get(&key).copied()
+}
+
+/// The isolation default of `(local, direction)`, copied out.
+#[inline(always)]
+pub fn default_entry(local_identity: u32, direction: u8) -> Option<PolicyValue> {
+    let key = DefaultKey {
+        local_identity,
+        direction,
+        _pad: [0; 3],
+    };
+    // SAFETY: the value is copied out at once.
+    unsafe { DEFAULTS.get(&key) }.copied()
+}

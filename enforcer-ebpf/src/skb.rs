@@ -1,0 +1,335 @@
+//! `cgroup_skb/egress` and `cgroup_skb/ingress`: every packet of a managed socket.
+//!
+//! Orientation (who is the server, hence which port and direction the policy is looked up with):
+//! - a TCP SYN (without ACK) at ingress is a new inbound connection: ingress decision, one event
+//!   (retransmitted SYNs of the same attempt follow the recorded decision silently);
+//! - a TCP socket that went through `connect` carries its egress decision in `SOCK_DECISIONS`;
+//! - every other full TCP socket is passive (an accepted child, or the listener itself during the
+//!   handshake): decided silently at ingress orientation (peer = remote address, port = local
+//!   port) and, except for listeners, cached in `SOCK_DECISIONS`. Accepted children never pass
+//!   `connect`, so the absence of a connect-time entry is what marks them passive; no sock_ops
+//!   program is needed;
+//! - UDP and port-less protocols: a connected socket's cached decision, else the `FLOWS` entry
+//!   of (socket cookie, remote address, remote port), else a new flow oriented by the hook that
+//!   saw its first packet (event written once).
+//!
+//! A cached decision of an older `CONFIG.revision` is made again in its recorded orientation,
+//! silently, so established flows follow a policy change.
+
+use core::{ffi::c_void, ptr};
+
+use aya_ebpf::{
+    bindings::{BPF_SK_STORAGE_GET_F_CREATE, bpf_sock},
+    helpers::generated::{
+        bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_sk_fullsock, bpf_sk_storage_get,
+        bpf_skb_cgroup_id,
+    },
+    programs::SkBuffContext,
+};
+use enforcer_common::{
+    AddrKey, DIR_EGRESS, DIR_INGRESS, FlowKey, FlowValue, HOOK_SKB_EGRESS, HOOK_SKB_INGRESS,
+    PROTO_SCTP, PROTO_TCP, PROTO_UDP, SOCK_DECISION_VALID, SockDecision, VERDICT_DENY,
+    VerdictEvent,
+};
+
+use crate::{
+    decide::{Decision, decide},
+    events::emit,
+    maps::{self, FLOWS, SOCK_DECISIONS},
+    packet::{self, Packet},
+};
+
+/// `TCP_LISTEN` in the kernel's socket states.
+const TCP_LISTEN: u32 = 10;
+/// A SYN for a flow already decided within this window is a retransmission of the same attempt.
+const SYN_RETRANSMIT_WINDOW_NS: u64 = 30_000_000_000;
+
+/// One packet seen from the local socket.
+struct View {
+    local: u32,
+    revision: u64,
+    cgroup_id: u64,
+    cookie: u64,
+    remote: AddrKey,
+    remote_port: u16,
+    local_port: u16,
+    hook_dir: u8,
+}
+
+impl View {
+    /// The server port of a connection in `direction`: the remote port for egress-oriented
+    /// connections, the local one for ingress-oriented ones.
+    #[inline(always)]
+    fn server_port(&self, direction: u8) -> u16 {
+        if direction == DIR_EGRESS {
+            self.remote_port
+        } else {
+            self.local_port
+        }
+    }
+}
+
+/// Both cgroup_skb programs: `Ok(true)` lets the packet through.
+#[inline(always)]
+pub fn try_skb(ctx: &SkBuffContext, hook_dir: u8) -> Result<bool, i64> {
+    let Ok(pkt) = packet::parse(ctx) else {
+        return Ok(true);
+    };
+    let (revision, unmanaged) = maps::config();
+    // SAFETY: the context's skb pointer is valid for the whole program.
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
+    let Some(local) = maps::local_identity(cgroup_id, unmanaged) else {
+        return Ok(true);
+    };
+    // SAFETY: as above; bpf_get_socket_cookie accepts an skb.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast::<c_void>()) };
+    let (remote, remote_port, local_port) = if hook_dir == DIR_EGRESS {
+        (pkt.dst, pkt.dst_port, pkt.src_port)
+    } else {
+        (pkt.src, pkt.src_port, pkt.dst_port)
+    };
+    let view = View {
+        local,
+        revision,
+        cgroup_id,
+        cookie,
+        remote,
+        remote_port,
+        local_port,
+        hook_dir,
+    };
+    let sk = full_socket(ctx);
+    if pkt.protocol == PROTO_TCP {
+        if hook_dir == DIR_INGRESS && pkt.syn {
+            return Ok(syn(&view, &pkt));
+        }
+        return Ok(tcp(&view, sk));
+    }
+    Ok(datagram(&view, &pkt, sk))
+}
+
+/// The packet's full socket, or null.
+#[inline(always)]
+fn full_socket(ctx: &SkBuffContext) -> *mut bpf_sock {
+    // SAFETY: reading `sk` from the skb context; the kernel checks for null below.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return ptr::null_mut();
+    }
+    // SAFETY: `sk` is a non-null socket pointer from the context.
+    unsafe { bpf_sk_fullsock(sk) }
+}
+
+/// This socket's decision slot (created zeroed when `create`), or null.
+#[inline(always)]
+fn storage(sk: *mut bpf_sock, create: bool) -> *mut SockDecision {
+    if sk.is_null() {
+        return ptr::null_mut();
+    }
+    let flags = if create {
+        u64::from(BPF_SK_STORAGE_GET_F_CREATE)
+    } else {
+        0
+    };
+    let map = ptr::from_ref(&SOCK_DECISIONS).cast_mut().cast::<c_void>();
+    // SAFETY: `sk` is a full socket; the map is this object's socket storage map.
+    unsafe { bpf_sk_storage_get(map, sk.cast(), ptr::null_mut(), flags) }.cast::<SockDecision>()
+}
+
+/// Follows a valid cached decision of the current revision; decides again (and stores) one of
+/// an older revision. `None` when the slot holds no decision.
+#[inline(always)]
+fn follow_or_refresh(view: &View, slot: *mut SockDecision, protocol: u8) -> Option<bool> {
+    // SAFETY: a non-null storage pointer of this socket; copied out at once.
+    let cached = unsafe { *slot };
+    if cached.flags & SOCK_DECISION_VALID == 0 {
+        return None;
+    }
+    if cached.revision == view.revision {
+        return Some(cached.verdict != VERDICT_DENY);
+    }
+    let d = decide(
+        view.local,
+        &view.remote,
+        cached.direction,
+        protocol,
+        view.server_port(cached.direction),
+    );
+    store(slot, view.revision, cached.direction, &d);
+    Some(d.passes())
+}
+
+#[inline(always)]
+fn store(slot: *mut SockDecision, revision: u64, direction: u8, d: &Decision) {
+    // SAFETY: a non-null storage pointer of this socket.
+    unsafe {
+        *slot = SockDecision {
+            revision,
+            rule_id: d.rule_id,
+            verdict: d.verdict,
+            reason: d.reason,
+            direction,
+            flags: SOCK_DECISION_VALID,
+        };
+    }
+}
+
+/// A TCP SYN at ingress: a new inbound connection attempt.
+#[inline(always)]
+fn syn(view: &View, pkt: &Packet) -> bool {
+    let key = flow_key(view, PROTO_TCP, view.remote_port);
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    // SAFETY: the value is copied out at once.
+    let known = unsafe { FLOWS.get(&key) }.copied();
+    if let Some(f) = known
+        && f.revision == view.revision
+        && now.wrapping_sub(f.seen_ns) < SYN_RETRANSMIT_WINDOW_NS
+    {
+        return f.verdict != VERDICT_DENY;
+    }
+    let d = decide(
+        view.local,
+        &view.remote,
+        DIR_INGRESS,
+        PROTO_TCP,
+        view.local_port,
+    );
+    record_flow(&key, view.revision, now, DIR_INGRESS, &d);
+    flow_event(view, pkt, DIR_INGRESS, &d);
+    d.passes()
+}
+
+/// Any other TCP packet.
+#[inline(always)]
+fn tcp(view: &View, sk: *mut bpf_sock) -> bool {
+    if sk.is_null() {
+        return passive(view);
+    }
+    // SAFETY: a full socket; `state` is a readable field.
+    let state = unsafe { (*sk).state };
+    if state == TCP_LISTEN {
+        return passive(view);
+    }
+    let slot = storage(sk, true);
+    if slot.is_null() {
+        return passive(view);
+    }
+    if let Some(pass) = follow_or_refresh(view, slot, PROTO_TCP) {
+        return pass;
+    }
+    let d = decide(
+        view.local,
+        &view.remote,
+        DIR_INGRESS,
+        PROTO_TCP,
+        view.local_port,
+    );
+    store(slot, view.revision, DIR_INGRESS, &d);
+    d.passes()
+}
+
+/// A silent ingress-oriented decision (listener handshake packets, non-full sockets).
+#[inline(always)]
+fn passive(view: &View) -> bool {
+    decide(
+        view.local,
+        &view.remote,
+        DIR_INGRESS,
+        PROTO_TCP,
+        view.local_port,
+    )
+    .passes()
+}
+
+/// UDP, SCTP and port-less protocols.
+#[inline(always)]
+fn datagram(view: &View, pkt: &Packet, sk: *mut bpf_sock) -> bool {
+    let slot = storage(sk, false);
+    if !slot.is_null()
+        && let Some(pass) = follow_or_refresh(view, slot, pkt.protocol)
+    {
+        return pass;
+    }
+    let has_ports = matches!(pkt.protocol, PROTO_UDP | PROTO_SCTP);
+    let key = flow_key(
+        view,
+        pkt.protocol,
+        if has_ports { view.remote_port } else { 0 },
+    );
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    // SAFETY: the value is copied out at once.
+    let known = unsafe { FLOWS.get(&key) }.copied();
+    let (direction, fresh) = match known {
+        Some(f) if f.revision == view.revision => return f.verdict != VERDICT_DENY,
+        Some(f) => (f.direction, false),
+        None => (view.hook_dir, true),
+    };
+    let d = decide(
+        view.local,
+        &view.remote,
+        direction,
+        pkt.protocol,
+        view.server_port(direction),
+    );
+    record_flow(&key, view.revision, now, direction, &d);
+    if fresh {
+        flow_event(view, pkt, direction, &d);
+    }
+    d.passes()
+}
+
+#[inline(always)]
+fn flow_key(view: &View, protocol: u8, remote_port: u16) -> FlowKey {
+    FlowKey {
+        socket_cookie: view.cookie,
+        remote_addr: view.remote,
+        remote_port,
+        protocol,
+        _pad: [0; 5],
+    }
+}
+
+#[inline(always)]
+fn record_flow(key: &FlowKey, revision: u64, now: u64, direction: u8, d: &Decision) {
+    let value = FlowValue {
+        revision,
+        seen_ns: now,
+        rule_id: d.rule_id,
+        verdict: d.verdict,
+        reason: d.reason,
+        direction,
+        flags: 0,
+    };
+    let _ = FLOWS.insert(key, &value, 0);
+}
+
+/// The event of a new flow seen by an skb program; addresses and ports as in the packet.
+#[inline(always)]
+fn flow_event(view: &View, pkt: &Packet, direction: u8, d: &Decision) {
+    emit(&VerdictEvent {
+        timestamp_ns: 0,
+        cgroup_id: view.cgroup_id,
+        socket_cookie: view.cookie,
+        revision: view.revision,
+        src_addr: pkt.src,
+        dst_addr: pkt.dst,
+        src_port: pkt.src_port,
+        dst_port: pkt.dst_port,
+        local_identity: view.local,
+        remote_identity: d.peer_identity,
+        rule_id: d.rule_id,
+        direction,
+        hook: if view.hook_dir == DIR_EGRESS {
+            HOOK_SKB_EGRESS
+        } else {
+            HOOK_SKB_INGRESS
+        },
+        protocol: pkt.protocol,
+        verdict: d.verdict,
+        reason: d.reason,
+        family: pkt.family,
+        _pad: [0; 10],
+    });
+}

@@ -1,0 +1,289 @@
+//! The policy maps seen from user space: the desired contents ([`DesiredMaps`]), the diff
+//! against what the kernel holds right now, and how full each map is.
+//!
+//! `apply` never trusts a cached copy: it reads each map back from the kernel, so a restarted
+//! process (or a map someone else touched) is reconciled exactly.
+
+use std::{collections::BTreeMap, path::Path};
+
+use aya::maps::{Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, lpm_trie::Key};
+use enforcer_common::{
+    AddrKey, Config, DefaultKey, FlowKey, FlowValue, PolicyKey, PolicyValue, WorkloadValue,
+    identity,
+};
+
+use super::{DatapathError, pins};
+
+/// The complete desired contents of the policy maps. Policy and default times are boot-time
+/// nanoseconds already (see [`super::BootClock`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredMaps {
+    pub revision: u64,
+    pub unmanaged_identity: u32,
+    /// Cgroup id -> workload.
+    pub workloads: BTreeMap<u64, WorkloadValue>,
+    /// (address, prefix length in bits over the 128-bit key) -> peer identity.
+    pub addresses: BTreeMap<(AddrKey, u32), u32>,
+    /// (key, prefix length in bits over the 96-bit key) -> decision.
+    pub policy: BTreeMap<(PolicyKey, u32), PolicyValue>,
+    pub defaults: BTreeMap<DefaultKey, PolicyValue>,
+}
+
+impl Default for DesiredMaps {
+    fn default() -> Self {
+        Self {
+            revision: 0,
+            unmanaged_identity: identity::UNMANAGED,
+            workloads: BTreeMap::new(),
+            addresses: BTreeMap::new(),
+            policy: BTreeMap::new(),
+            defaults: BTreeMap::new(),
+        }
+    }
+}
+
+/// What `apply` changed in one map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapDelta {
+    pub upserted: usize,
+    pub deleted: usize,
+    pub unchanged: usize,
+}
+
+/// What `apply` changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub workloads: MapDelta,
+    pub addresses: MapDelta,
+    pub policy: MapDelta,
+    pub defaults: MapDelta,
+    pub previous_revision: u64,
+    pub revision: u64,
+}
+
+/// Entries of one map against its capacity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapFill {
+    pub name: &'static str,
+    pub entries: u32,
+    pub max_entries: u32,
+}
+
+/// Handles on the pinned policy maps.
+pub(super) struct PolicyMaps {
+    workloads: HashMap<MapData, u64, WorkloadValue>,
+    addresses: LpmTrie<MapData, AddrKey, u32>,
+    policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
+    defaults: HashMap<MapData, DefaultKey, PolicyValue>,
+    config: Array<MapData, Config>,
+}
+
+/// Opens the pinned map `name` as `Map`.
+pub(super) fn open_pinned(root: &Path, name: &'static str) -> Result<Map, DatapathError> {
+    let data = MapData::from_pin(pins::map(root, name)).map_err(|e| {
+        DatapathError::map(
+            name,
+            format!("opening pin {}", pins::map(root, name).display()),
+            e,
+        )
+    })?;
+    Map::from_map_data(data).map_err(|e| DatapathError::map(name, "reading its type", e))
+}
+
+macro_rules! typed {
+    ($root:expr, $name:expr) => {
+        open_pinned($root, $name)?
+            .try_into()
+            .map_err(|e| DatapathError::map($name, "checking its key/value types", e))?
+    };
+}
+pub(super) use typed;
+
+impl PolicyMaps {
+    pub(super) fn open(root: &Path) -> Result<Self, DatapathError> {
+        Ok(Self {
+            workloads: typed!(root, pins::MAP_WORKLOADS),
+            addresses: typed!(root, pins::MAP_ADDRESSES),
+            policy: typed!(root, pins::MAP_POLICY),
+            defaults: typed!(root, pins::MAP_DEFAULTS),
+            config: typed!(root, pins::MAP_CONFIG),
+        })
+    }
+
+    /// The kernel's current contents.
+    pub(super) fn read(&self) -> Result<DesiredMaps, DatapathError> {
+        let config = self
+            .config
+            .get(&0, 0)
+            .map_err(|e| DatapathError::map(pins::MAP_CONFIG, "reading", e))?;
+        let read_err = |name| move |e| DatapathError::map(name, "reading", e);
+        let mut out = DesiredMaps {
+            revision: config.revision,
+            unmanaged_identity: config.unmanaged_identity,
+            ..DesiredMaps::default()
+        };
+        for entry in self.workloads.iter() {
+            let (k, v) = entry.map_err(read_err(pins::MAP_WORKLOADS))?;
+            out.workloads.insert(k, v);
+        }
+        for entry in self.addresses.iter() {
+            let (k, v) = entry.map_err(read_err(pins::MAP_ADDRESSES))?;
+            out.addresses.insert((k.data(), k.prefix_len()), v);
+        }
+        for entry in self.policy.iter() {
+            let (k, v) = entry.map_err(read_err(pins::MAP_POLICY))?;
+            out.policy.insert((k.data(), k.prefix_len()), v);
+        }
+        for entry in self.defaults.iter() {
+            let (k, v) = entry.map_err(read_err(pins::MAP_DEFAULTS))?;
+            out.defaults.insert(k, v);
+        }
+        Ok(out)
+    }
+
+    /// Diffs `desired` against the kernel and writes the difference: upserts of policy,
+    /// defaults and addresses, then workloads, then the revision, then deletions.
+    pub(super) fn apply(&mut self, desired: &DesiredMaps) -> Result<ApplyStats, DatapathError> {
+        let current = self.read()?;
+        let mut stats = ApplyStats {
+            previous_revision: current.revision,
+            revision: desired.revision,
+            ..ApplyStats::default()
+        };
+        let write_err = |name| move |e| DatapathError::map(name, "writing", e);
+        let delete_err = |name| move |e| DatapathError::map(name, "deleting", e);
+
+        for (&(k, len), v) in &desired.policy {
+            if upsert(&current.policy, &(k, len), v, &mut stats.policy) {
+                self.policy
+                    .insert(&Key::new(len, k), *v, 0)
+                    .map_err(write_err(pins::MAP_POLICY))?;
+            }
+        }
+        for (k, v) in &desired.defaults {
+            if upsert(&current.defaults, k, v, &mut stats.defaults) {
+                self.defaults
+                    .insert(k, v, 0)
+                    .map_err(write_err(pins::MAP_DEFAULTS))?;
+            }
+        }
+        for (&(a, len), v) in &desired.addresses {
+            if upsert(&current.addresses, &(a, len), v, &mut stats.addresses) {
+                self.addresses
+                    .insert(&Key::new(len, a), *v, 0)
+                    .map_err(write_err(pins::MAP_ADDRESSES))?;
+            }
+        }
+        for (k, v) in &desired.workloads {
+            if upsert(&current.workloads, k, v, &mut stats.workloads) {
+                self.workloads
+                    .insert(k, v, 0)
+                    .map_err(write_err(pins::MAP_WORKLOADS))?;
+            }
+        }
+        let config = Config {
+            revision: desired.revision,
+            unmanaged_identity: desired.unmanaged_identity,
+            flags: 0,
+        };
+        self.config
+            .set(0, config, 0)
+            .map_err(write_err(pins::MAP_CONFIG))?;
+
+        for k in current
+            .workloads
+            .keys()
+            .filter(|k| !desired.workloads.contains_key(k))
+        {
+            self.workloads
+                .remove(k)
+                .map_err(delete_err(pins::MAP_WORKLOADS))?;
+            stats.workloads.deleted += 1;
+        }
+        for &(k, len) in current
+            .policy
+            .keys()
+            .filter(|k| !desired.policy.contains_key(k))
+        {
+            self.policy
+                .remove(&Key::new(len, k))
+                .map_err(delete_err(pins::MAP_POLICY))?;
+            stats.policy.deleted += 1;
+        }
+        for k in current
+            .defaults
+            .keys()
+            .filter(|k| !desired.defaults.contains_key(k))
+        {
+            self.defaults
+                .remove(k)
+                .map_err(delete_err(pins::MAP_DEFAULTS))?;
+            stats.defaults.deleted += 1;
+        }
+        for &(a, len) in current
+            .addresses
+            .keys()
+            .filter(|k| !desired.addresses.contains_key(k))
+        {
+            self.addresses
+                .remove(&Key::new(len, a))
+                .map_err(delete_err(pins::MAP_ADDRESSES))?;
+            stats.addresses.deleted += 1;
+        }
+        tracing::debug!(?stats, "maps applied");
+        Ok(stats)
+    }
+}
+
+/// Counts the entry; `true` when it must be written.
+fn upsert<K: Ord, V: PartialEq>(
+    current: &BTreeMap<K, V>,
+    k: &K,
+    v: &V,
+    delta: &mut MapDelta,
+) -> bool {
+    if current.get(k) == Some(v) {
+        delta.unchanged += 1;
+        false
+    } else {
+        delta.upserted += 1;
+        true
+    }
+}
+
+/// Entry counts and capacities of the maps worth watching.
+pub(super) fn map_fill(root: &Path) -> Result<Vec<MapFill>, DatapathError> {
+    let workloads: HashMap<MapData, u64, WorkloadValue> = typed!(root, pins::MAP_WORKLOADS);
+    let addresses: LpmTrie<MapData, AddrKey, u32> = typed!(root, pins::MAP_ADDRESSES);
+    let policy: LpmTrie<MapData, PolicyKey, PolicyValue> = typed!(root, pins::MAP_POLICY);
+    let defaults: HashMap<MapData, DefaultKey, PolicyValue> = typed!(root, pins::MAP_DEFAULTS);
+    let flows: HashMap<MapData, FlowKey, FlowValue> = typed!(root, pins::MAP_FLOWS);
+    Ok(vec![
+        fill(pins::MAP_WORKLOADS, workloads.map(), workloads.keys())?,
+        fill(pins::MAP_ADDRESSES, addresses.map(), addresses.keys())?,
+        fill(pins::MAP_POLICY, policy.map(), policy.keys())?,
+        fill(pins::MAP_DEFAULTS, defaults.map(), defaults.keys())?,
+        fill(pins::MAP_FLOWS, flows.map(), flows.keys())?,
+    ])
+}
+
+fn fill<K>(
+    name: &'static str,
+    data: &MapData,
+    keys: impl Iterator<Item = Result<K, aya::maps::MapError>>,
+) -> Result<MapFill, DatapathError> {
+    let max_entries = data
+        .info()
+        .map_err(|e| DatapathError::map(name, "reading its info", e))?
+        .max_entries();
+    let mut entries = 0u32;
+    for key in keys {
+        key.map_err(|e| DatapathError::map(name, "counting keys", e))?;
+        entries += 1;
+    }
+    Ok(MapFill {
+        name,
+        entries,
+        max_entries,
+    })
+}

@@ -1,0 +1,187 @@
+//! Runs one network role inside a workload: joins the workload's cgroup (writes its pid to
+//! `cgroup.procs`) and network namespace first, while still single-threaded (pitfall 7), so
+//! every socket it creates belongs to the workload. Then:
+//!
+//! - `serve tcp|udp PORT...`: echo servers on `[::]` (dual stack); prints `ready` when bound.
+//! - `probe tcp|udp|udp-connected ADDR PORT TIMEOUT_MS`: one attempt; prints `connected`,
+//!   `denied` (EPERM from connect/sendmsg), `refused` or `timeout`.
+//! - `session tcp ADDR PORT TIMEOUT_MS`: connects (prints the probe word), then for each line
+//!   on stdin sends it and prints `ok` when echoed back or `timeout`/`error`.
+//!
+//! Usage: `bulkhead-netns-helper CGROUP_DIR NETNS_PATH MODE ARGS...`
+
+use std::{
+    fs,
+    io::{self, BufRead as _, Read as _, Write as _},
+    net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::Path,
+    process::ExitCode,
+    thread,
+    time::Duration,
+};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bulkhead-netns-helper {args:?}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> io::Result<()> {
+    let [cgroup, netns, mode, rest @ ..] = args else {
+        return Err(io::Error::other(
+            "usage: CGROUP_DIR NETNS_PATH MODE ARGS...",
+        ));
+    };
+    fs::write(Path::new(cgroup).join("cgroup.procs"), "0")?;
+    let ns = fs::File::open(netns)?;
+    rustix::thread::move_into_link_name_space(
+        std::os::fd::AsFd::as_fd(&ns),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )?;
+    match (mode.as_str(), rest) {
+        ("serve", [proto, ports @ ..]) => serve(proto, ports),
+        ("probe", [proto, addr, port, timeout]) => {
+            println!("{}", probe(proto, target(addr, port)?, millis(timeout)?));
+            Ok(())
+        }
+        ("session", [_tcp, addr, port, timeout]) => session(target(addr, port)?, millis(timeout)?),
+        _ => Err(io::Error::other(format!("unknown mode {mode} {rest:?}"))),
+    }
+}
+
+fn target(addr: &str, port: &str) -> io::Result<SocketAddr> {
+    let ip: IpAddr = addr.parse().map_err(io::Error::other)?;
+    let port: u16 = port.parse().map_err(io::Error::other)?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+fn millis(s: &str) -> io::Result<Duration> {
+    Ok(Duration::from_millis(s.parse().map_err(io::Error::other)?))
+}
+
+fn serve(proto: &str, ports: &[String]) -> io::Result<()> {
+    let mut handles = Vec::new();
+    for port in ports {
+        let port: u16 = port.parse().map_err(io::Error::other)?;
+        let addr = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+        match proto {
+            "tcp" => {
+                let listener = TcpListener::bind(addr)?;
+                handles.push(thread::spawn(move || {
+                    for stream in listener.incoming().flatten() {
+                        thread::spawn(move || echo_tcp(stream));
+                    }
+                }));
+            }
+            "udp" => {
+                let socket = UdpSocket::bind(addr)?;
+                handles.push(thread::spawn(move || {
+                    let mut buf = [0u8; 2048];
+                    while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                        let _ = socket.send_to(&buf[..n], from);
+                    }
+                }));
+            }
+            other => return Err(io::Error::other(format!("unknown protocol {other}"))),
+        }
+    }
+    println!("ready");
+    io::stdout().flush()?;
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+fn echo_tcp(mut stream: TcpStream) {
+    let mut buf = [0u8; 2048];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 || stream.write_all(&buf[..n]).is_err() {
+            return;
+        }
+    }
+}
+
+fn classify(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(1) => "denied", // EPERM
+        _ => match e.kind() {
+            io::ErrorKind::ConnectionRefused => "refused",
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "timeout",
+            _ => "error",
+        },
+    }
+}
+
+fn probe(proto: &str, to: SocketAddr, timeout: Duration) -> &'static str {
+    match proto {
+        "tcp" => match TcpStream::connect_timeout(&to, timeout) {
+            Ok(mut s) => exchange(&mut s, timeout),
+            Err(e) => classify(&e),
+        },
+        "udp" | "udp-connected" => {
+            let local = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+            let socket = match UdpSocket::bind(local) {
+                Ok(s) => s,
+                Err(e) => return classify(&e),
+            };
+            let _ = socket.set_read_timeout(Some(timeout));
+            let sent = if proto == "udp" {
+                socket.send_to(b"ping", to)
+            } else {
+                socket.connect(to).and_then(|()| socket.send(b"ping"))
+            };
+            if let Err(e) = sent {
+                return classify(&e);
+            }
+            let mut buf = [0u8; 16];
+            match socket.recv_from(&mut buf) {
+                Ok((4, _)) if &buf[..4] == b"ping" => "connected",
+                Ok(_) => "error",
+                Err(e) => classify(&e),
+            }
+        }
+        _ => "error",
+    }
+}
+
+/// Sends a line and waits for its echo.
+fn exchange(s: &mut TcpStream, timeout: Duration) -> &'static str {
+    let _ = s.set_read_timeout(Some(timeout));
+    if let Err(e) = s.write_all(b"ping") {
+        return classify(&e);
+    }
+    let mut buf = [0u8; 4];
+    match s.read_exact(&mut buf) {
+        Ok(()) if &buf == b"ping" => "connected",
+        Ok(()) => "error",
+        Err(e) => classify(&e),
+    }
+}
+
+fn session(to: SocketAddr, timeout: Duration) -> io::Result<()> {
+    let mut stream = match TcpStream::connect_timeout(&to, timeout) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("{}", classify(&e));
+            return Ok(());
+        }
+    };
+    println!("{}", exchange(&mut stream, timeout));
+    io::stdout().flush()?;
+    for line in io::stdin().lock().lines() {
+        let _ = line?;
+        let word = match exchange(&mut stream, timeout) {
+            "connected" => "ok",
+            other => other,
+        };
+        println!("{word}");
+        io::stdout().flush()?;
+    }
+    Ok(())
+}
