@@ -1,0 +1,270 @@
+//! `enforcer run` in standalone mode: policy files and a workload inventory in, kernel maps and
+//! the verdict log out.
+//!
+//! The loop: load and validate the inputs (all or nothing), compile, translate, apply to the
+//! kernel maps by diff, then wait for whichever comes first: verdict events (to the log), a
+//! change of the inputs (reload within a second), the next validity-window boundary (recompile),
+//! a workload cgroup that appeared, or SIGTERM/SIGINT (flush the log and leave the kernel
+//! enforcing the last state: the programs, links and maps are pinned).
+
+pub mod attribution;
+pub mod desired;
+pub mod state;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bulkhead_policy::{CompiledState, Compiler, Inventory, PolicySet};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::datapath::{self, BootClock, Datapath, EventBatch};
+use crate::metrics::{MapLabels, Metrics, VerdictLabels};
+use crate::verdict_log::{LossRecord, VerdictLog};
+use attribution::Attribution;
+use state::StateDir;
+
+/// Configuration of the standalone agent.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub policies: PathBuf,
+    pub inventory: PathBuf,
+    pub log: PathBuf,
+    pub bpffs: PathBuf,
+    /// Cgroup v2 directory the programs attach to (default: the root of the v2 hierarchy).
+    pub cgroup: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Loads and validates both inputs; any invalid object refuses the whole set.
+pub fn load_inputs(policies: &Path, inventory: &Path) -> Result<(PolicySet, Inventory)> {
+    let policy_set = PolicySet::load(policies)?;
+    let inventory = Inventory::load(inventory)?;
+    Ok((policy_set, inventory))
+}
+
+struct Agent {
+    config: AgentConfig,
+    cgroup_root: PathBuf,
+    datapath: Datapath,
+    compiler: Compiler,
+    state_dir: StateDir,
+    attribution: Attribution,
+    clock: BootClock,
+    log: VerdictLog,
+    metrics: Arc<Metrics>,
+    /// The last inputs that compiled (what the kernel enforces).
+    good: Option<(PolicySet, Inventory)>,
+    next_change: Option<jiff::Timestamp>,
+    missing_cgroups: usize,
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(config: AgentConfig) -> Result<()> {
+    // Validate before touching the kernel: a bad start changes nothing.
+    let (policies, inventory) = load_inputs(&config.policies, &config.inventory)?;
+    let cgroup_root = datapath::find_cgroup2_mount().context("finding the cgroup v2 mount")?;
+    let attach_to = config.cgroup.clone().unwrap_or_else(|| cgroup_root.clone());
+    let datapath = Datapath::install_or_adopt(&config.bpffs, &attach_to)
+        .with_context(|| format!("installing the datapath under {}", config.bpffs.display()))?;
+    tracing::info!(origin = ?datapath.origin(), bpffs = %config.bpffs.display(),
+        cgroup = %attach_to.display(), "datapath ready");
+    let state_dir = StateDir::open(&config.state_dir)
+        .with_context(|| format!("opening state directory {}", config.state_dir.display()))?;
+    let mut attribution = Attribution::default();
+    attribution.add_rules(state_dir.load_rules().unwrap_or_else(|error| {
+        tracing::warn!(%error, "rule table unreadable; starting a new one");
+        Default::default()
+    }));
+    let table = state_dir
+        .load_table()
+        .context("reading the identity allocation table")?;
+    let log = VerdictLog::open(&config.log)
+        .with_context(|| format!("opening the verdict log {}", config.log.display()))?;
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = config.metrics {
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            if let Err(error) = crate::metrics::serve(addr, metrics).await {
+                tracing::error!(%error, %addr, "metrics endpoint failed");
+            }
+        });
+    }
+    let mut agent = Agent {
+        config,
+        cgroup_root,
+        datapath,
+        compiler: Compiler::new(table),
+        state_dir,
+        attribution,
+        clock: datapath::boot_time_offset(),
+        log,
+        metrics,
+        good: None,
+        next_change: None,
+        missing_cgroups: 0,
+    };
+    agent.enforce(policies, inventory)?;
+    agent.serve().await
+}
+
+impl Agent {
+    /// Compiles and applies `policies` over `inventory`; on success they become the last good
+    /// state. On failure nothing in the kernel changed.
+    fn enforce(&mut self, policies: PolicySet, inventory: Inventory) -> Result<()> {
+        let started = Instant::now();
+        let now = jiff::Timestamp::now();
+        let compiled = self.compiler.compile(&policies, &inventory, now)?;
+        let compile_time = started.elapsed();
+        self.apply(&compiled)?;
+        tracing::info!(
+            policies = policies.len(),
+            workloads = compiled.workloads.len(),
+            identities = compiled.identities.len(),
+            policy_entries = compiled.policy.len(),
+            compile_ms = compile_time.as_secs_f64() * 1e3,
+            next_change = compiled.next_change.map(|t| t.to_string()),
+            "policy enforced"
+        );
+        self.next_change = compiled.next_change;
+        self.good = Some((policies, inventory));
+        Ok(())
+    }
+
+    fn apply(&mut self, compiled: &CompiledState) -> Result<()> {
+        // Re-sample the clock offset: wall-clock steps (NTP) move the mapping.
+        self.clock = datapath::boot_time_offset();
+        let revision = self.datapath.current()?.revision + 1;
+        let translation = desired::translate(compiled, revision, &self.cgroup_root, &self.clock);
+        for (workload, dir) in &translation.missing {
+            tracing::warn!(workload = %format!("{}/{}", workload.namespace, workload.name),
+                cgroup = %dir.display(), "workload cgroup not found; will retry every second");
+        }
+        self.missing_cgroups = translation.missing.len();
+        let stats = self.datapath.apply(&translation.maps).inspect_err(|_| {
+            self.metrics.apply_errors.inc();
+        })?;
+        tracing::info!(revision, ?stats.policy, ?stats.workloads, "kernel maps updated");
+        self.attribution.update(compiled, translation.by_cgroup);
+        self.metrics.policy_revision.set(revision as i64);
+        if let Ok(fill) = self.datapath.map_fill() {
+            for map in fill {
+                let labels = MapLabels {
+                    map: map.name.to_owned(),
+                };
+                self.metrics
+                    .map_entries
+                    .get_or_create(&labels)
+                    .set(i64::from(map.entries));
+                self.metrics
+                    .map_capacity
+                    .get_or_create(&labels)
+                    .set(i64::from(map.max_entries));
+            }
+        }
+        if let Err(error) = self.state_dir.save_table(self.compiler.table()) {
+            tracing::error!(%error, "could not persist the identity table");
+        }
+        if let Err(error) = self.state_dir.save_rules(self.attribution.rules()) {
+            tracing::error!(%error, "could not persist the rule table");
+        }
+        Ok(())
+    }
+
+    /// Reloads the inputs after a change; a bad input is reported and the last good state keeps
+    /// enforcing.
+    fn reload(&mut self) {
+        match load_inputs(&self.config.policies, &self.config.inventory)
+            .and_then(|(p, i)| self.enforce(p, i))
+        {
+            Ok(()) => {}
+            Err(error) => {
+                self.metrics.invalid_inputs.inc();
+                tracing::error!("{error:#}; the last good policy keeps enforcing");
+            }
+        }
+    }
+
+    /// Recompiles the last good inputs (a window boundary passed, or a cgroup appeared).
+    fn recompile(&mut self) {
+        if let Some((policies, inventory)) = self.good.take()
+            && let Err(error) = self.enforce(policies.clone(), inventory.clone())
+        {
+            tracing::error!("{error:#}; the previous state keeps enforcing");
+            self.good = Some((policies, inventory));
+        }
+    }
+
+    async fn serve(mut self) -> Result<()> {
+        let mut watcher =
+            watch::InputWatcher::new(&[&self.config.policies, &self.config.inventory])
+                .context("watching the policy and inventory files")?;
+        let mut events = self.datapath.event_reader()?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut cgroup_tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let until_change = self
+                .next_change
+                .map(|t| {
+                    let left = t.duration_since(jiff::Timestamp::now());
+                    Duration::try_from(left).unwrap_or(Duration::ZERO)
+                })
+                .unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                batch = events.next_batch() => self.log_batch(batch?)?,
+                () = watcher.changed() => self.reload(),
+                () = tokio::time::sleep(until_change), if self.next_change.is_some() => {
+                    tracing::info!("a rule's validity window opened or closed; recompiling");
+                    self.recompile();
+                }
+                _ = cgroup_tick.tick(), if self.missing_cgroups > 0 => self.recompile(),
+                _ = sigterm.recv() => break,
+                _ = sigint.recv() => break,
+            }
+        }
+        // Drain what the kernel has already decided, then leave it enforcing.
+        let batch = events.try_next_batch()?;
+        self.log_batch(batch)?;
+        self.log.sync()?;
+        tracing::info!("stopping; the kernel keeps enforcing the last policy (pinned)");
+        Ok(())
+    }
+
+    fn log_batch(&mut self, batch: EventBatch) -> Result<()> {
+        for event in &batch.events {
+            let record = self.attribution.record(event, &self.clock);
+            let policy = record.policy.as_ref().map_or_else(
+                || "default".to_owned(),
+                |p| match &p.namespace {
+                    Some(ns) => format!("{}/{ns}/{}", p.kind, p.name),
+                    None => format!("{}/{}", p.kind, p.name),
+                },
+            );
+            self.metrics
+                .verdicts
+                .get_or_create(&VerdictLabels {
+                    direction: record.direction.to_owned(),
+                    verdict: record.verdict.to_owned(),
+                    policy,
+                })
+                .inc();
+            self.log.write_verdict(&record)?;
+        }
+        if batch.lost > 0 {
+            self.metrics.events_lost.inc_by(batch.lost);
+            tracing::warn!(lost = batch.lost, "verdict events lost (ring buffer full)");
+            self.log.write_loss(&LossRecord {
+                time: jiff::Timestamp::now().to_string(),
+                event: "lost",
+                count: batch.lost,
+            })?;
+        }
+        self.log.flush()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,106 @@
+//! Watches the policy directory (or file) and the inventory file, and signals "inputs changed"
+//! after a short quiet period, so an editor's burst of writes becomes one reload.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+/// Quiet period after the last file event before a reload.
+pub const DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// Keeps the underlying watcher alive; `changed()` resolves when the inputs changed.
+pub struct InputWatcher {
+    _watcher: notify::RecommendedWatcher,
+    rx: mpsc::UnboundedReceiver<()>,
+}
+
+impl InputWatcher {
+    /// Watches each path; a file is watched through its directory so that editors that replace
+    /// the file (write a temporary, rename it over) are seen too.
+    pub fn new(paths: &[&Path]) -> notify::Result<Self> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let targets: Vec<PathBuf> = paths.iter().map(|p| absolute(p)).collect();
+        let filter = targets.clone();
+        let mut watcher =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                if let Ok(event) = res {
+                    let relevant =
+                        event.kind.is_create() || event.kind.is_modify() || event.kind.is_remove();
+                    if relevant && event.paths.iter().any(|p| concerns(&filter, p)) {
+                        let _ = tx.send(());
+                    }
+                }
+            })?;
+        for target in &targets {
+            let (dir, mode) = if target.is_dir() {
+                (target.clone(), RecursiveMode::Recursive)
+            } else {
+                let parent = target
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| PathBuf::from("."));
+                (parent, RecursiveMode::NonRecursive)
+            };
+            watcher.watch(&dir, mode)?;
+        }
+        Ok(Self {
+            _watcher: watcher,
+            rx,
+        })
+    }
+
+    /// Waits for a change, then for [`DEBOUNCE`] of quiet.
+    pub async fn changed(&mut self) {
+        if self.rx.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+        loop {
+            match tokio::time::timeout(DEBOUNCE, self.rx.recv()).await {
+                Ok(Some(())) => continue,
+                Ok(None) | Err(_) => return,
+            }
+        }
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Whether an event on `path` concerns one of the targets (the target itself or, for a
+/// directory target, anything below it).
+fn concerns(targets: &[PathBuf], path: &Path) -> bool {
+    targets.iter().any(|t| path.starts_with(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sees_a_rewritten_file_and_ignores_its_neighbours() {
+        let dir = std::env::temp_dir().join(format!("bulkhead-watch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let watched = dir.join("inventory.yaml");
+        std::fs::write(&watched, "a").unwrap();
+        let mut watcher = InputWatcher::new(&[&watched]).unwrap();
+
+        std::fs::write(dir.join("unrelated.txt"), "x").unwrap();
+        let quiet = tokio::time::timeout(Duration::from_millis(400), watcher.changed()).await;
+        assert!(
+            quiet.is_err(),
+            "a neighbour's change must not trigger a reload"
+        );
+
+        let tmp = dir.join(".inventory.yaml.tmp");
+        std::fs::write(&tmp, "b").unwrap();
+        std::fs::rename(&tmp, &watched).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), watcher.changed())
+            .await
+            .expect("a rename over the watched file triggers a reload");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

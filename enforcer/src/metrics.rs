@@ -1,0 +1,170 @@
+//! Prometheus metrics of the node agent, served in the text exposition format on a local port.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    pub direction: String,
+    pub verdict: String,
+    /// `kind/namespace/name` of the deciding policy, or `default`.
+    pub policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabels {
+    pub map: String,
+}
+
+/// Every metric the agent exports.
+pub struct Metrics {
+    registry: Registry,
+    pub verdicts: Family<VerdictLabels, Counter>,
+    pub events_lost: Counter,
+    pub map_entries: Family<MapLabels, Gauge>,
+    pub map_capacity: Family<MapLabels, Gauge>,
+    pub policy_revision: Gauge,
+    pub apply_errors: Counter,
+    pub invalid_inputs: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("bulkhead");
+        let verdicts = Family::<VerdictLabels, Counter>::default();
+        let events_lost = Counter::default();
+        let map_entries = Family::<MapLabels, Gauge>::default();
+        let map_capacity = Family::<MapLabels, Gauge>::default();
+        let policy_revision = Gauge::default();
+        let apply_errors = Counter::default();
+        let invalid_inputs = Counter::default();
+        registry.register(
+            "verdicts",
+            "Verdicts on new connections, by direction, verdict and deciding policy",
+            verdicts.clone(),
+        );
+        registry.register(
+            "events_lost",
+            "Verdict events the kernel could not write to the ring buffer",
+            events_lost.clone(),
+        );
+        registry.register(
+            "map_entries",
+            "Entries in each eBPF map",
+            map_entries.clone(),
+        );
+        registry.register(
+            "map_capacity",
+            "Maximum entries of each eBPF map",
+            map_capacity.clone(),
+        );
+        registry.register(
+            "policy_revision",
+            "Policy revision the kernel maps hold",
+            policy_revision.clone(),
+        );
+        registry.register(
+            "apply_errors",
+            "Failed attempts to write the kernel maps",
+            apply_errors.clone(),
+        );
+        registry.register(
+            "invalid_inputs",
+            "Policy or inventory changes refused as invalid (the last good state kept enforcing)",
+            invalid_inputs.clone(),
+        );
+        Self {
+            registry,
+            verdicts,
+            events_lost,
+            map_entries,
+            map_capacity,
+            policy_revision,
+            apply_errors,
+            invalid_inputs,
+        }
+    }
+}
+
+impl Metrics {
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Serves `GET /metrics` (and `/healthz`) until the task is dropped.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving metrics");
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let metrics = Arc::clone(&metrics);
+                async move { Ok::<_, std::convert::Infallible>(respond(&req, &metrics)) }
+            });
+            if let Err(error) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%error, "metrics connection ended");
+            }
+        });
+    }
+}
+
+fn respond<B>(req: &Request<B>, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let (status, body) = match req.uri().path() {
+        "/metrics" => (StatusCode::OK, metrics.encode()),
+        "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
+        _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; version=0.0.4")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_verdicts_by_labels() {
+        let metrics = Metrics::default();
+        metrics
+            .verdicts
+            .get_or_create(&VerdictLabels {
+                direction: "ingress".into(),
+                verdict: "deny".into(),
+                policy: "NetworkPolicy/x/deny-all".into(),
+            })
+            .inc_by(2);
+        metrics.events_lost.inc();
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                r#"bulkhead_verdicts_total{direction="ingress",verdict="deny",policy="NetworkPolicy/x/deny-all"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("bulkhead_events_lost_total 1"), "{text}");
+    }
+}
