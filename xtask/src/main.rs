@@ -53,14 +53,28 @@ fn main() -> Result<()> {
         Task::Demo => {
             setup::all()?;
             cargo(&["build", "--release", "-p", "enforcer"])?;
-            cargo(&["run", "--release", "-p", "bulkhead-tests", "--bin", "bulkhead-demo"])
+            cargo(&[
+                "run",
+                "--release",
+                "-p",
+                "bulkhead-tests",
+                "--bin",
+                "bulkhead-demo",
+            ])
         }
         Task::Test { fuzz_seconds } => test(fuzz_seconds),
         Task::Bench => {
             setup::all()?;
             cargo(&["build", "--release", "-p", "enforcer"])?;
             cargo(&["bench", "-p", "bulkhead-policy", "--bench", "compile"])?;
-            cargo(&["run", "--release", "-p", "bulkhead-tests", "--bin", "bulkhead-bench"])
+            cargo(&[
+                "run",
+                "--release",
+                "-p",
+                "bulkhead-tests",
+                "--bin",
+                "bulkhead-bench",
+            ])
         }
         Task::Fuzz { target, seconds } => {
             setup::fuzz_toolchain()?;
@@ -73,11 +87,20 @@ fn test(fuzz_seconds: u64) -> Result<()> {
     setup::all()?;
     step("fmt", || cargo(&["fmt", "--all", "--", "--check"]))?;
     step("clippy", || {
-        cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
     })?;
     // Unit, kernel (real programs on this kernel, in test namespaces and cgroups) and
     // conformance tests. Kernel tests need root; CI runs as root.
-    step("tests", || cargo(&["test", "--workspace", "--no-fail-fast"]))?;
+    step("tests", || {
+        cargo(&["test", "--workspace", "--no-fail-fast"])
+    })?;
     if fuzz_seconds > 0 {
         setup::fuzz_toolchain()?;
         step("fuzz", || fuzz("policy_parse_compile", fuzz_seconds))?;
@@ -88,7 +111,15 @@ fn test(fuzz_seconds: u64) -> Result<()> {
 
 fn fuzz(target: &str, seconds: u64) -> Result<()> {
     let status = Command::new("cargo")
-        .args(["+nightly", "fuzz", "run", target, "--fuzz-dir", "fuzz", "--"])
+        .args([
+            "+nightly",
+            "fuzz",
+            "run",
+            target,
+            "--fuzz-dir",
+            "fuzz",
+            "--",
+        ])
         .arg(format!("-max_total_time={seconds}"))
         .arg("-rss_limit_mb=4096")
         .status()

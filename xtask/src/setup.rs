@@ -16,18 +16,30 @@ pub fn all() -> Result<()> {
 }
 
 pub fn ebpf_toolchain() -> Result<()> {
-    let installed = output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"])
-        .unwrap_or_default();
+    let installed = output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )
+    .unwrap_or_default();
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
         println!("xtask setup: adding rust-src to the nightly toolchain");
-        run("rustup", &["component", "add", "rust-src", "--toolchain", "nightly"])?;
+        run(
+            "rustup",
+            &["component", "add", "rust-src", "--toolchain", "nightly"],
+        )?;
     }
     let linker = output("bpf-linker", &["--version"]).unwrap_or_default();
     if !linker.contains(BPF_LINKER_VERSION) {
         println!("xtask setup: installing bpf-linker {BPF_LINKER_VERSION} (about 80 s)");
         run(
             "cargo",
-            &["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked"],
+            &[
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+            ],
         )?;
     }
     Ok(())
@@ -40,7 +52,13 @@ pub fn fuzz_toolchain() -> Result<()> {
         println!("xtask setup: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
         run(
             "cargo",
-            &["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION, "--locked"],
+            &[
+                "install",
+                "cargo-fuzz",
+                "--version",
+                CARGO_FUZZ_VERSION,
+                "--locked",
+            ],
         )?;
     }
     Ok(())
