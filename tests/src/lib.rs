@@ -3,3 +3,4 @@ pub mod bpf_query;
 pub mod cgroup;
 pub mod netns;
 pub mod workload;
+pub mod conformance;
