@@ -11,9 +11,9 @@
 use std::net::IpAddr;
 
 use enforcer_common::{
-    DefaultKey, POLICY_KEY_FIXED_BITS, POLICY_KEY_FULL_BITS, PROTO_OTHER, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
-    PolicyKey, PolicyValue, REASON_ALLOWED_BY_RULE, REASON_DEFAULT_DENY, REASON_DENIED_BY_RULE, VERDICT_AUDIT,
-    VERDICT_DENY, identity,
+    DefaultKey, POLICY_KEY_FIXED_BITS, POLICY_KEY_FULL_BITS, PROTO_OTHER, PROTO_SCTP, PROTO_TCP,
+    PROTO_UDP, PolicyKey, PolicyValue, REASON_ALLOWED_BY_RULE, REASON_DEFAULT_DENY,
+    REASON_DENIED_BY_RULE, VERDICT_AUDIT, VERDICT_DENY, identity,
 };
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -150,8 +150,14 @@ pub(crate) fn resolve_endpoints(
     let first = |ips: &[IpAddr], v4: bool| ips.iter().find(|ip| ip.is_ipv4() == v4).copied();
     match (&flow.src, &flow.dst) {
         (Endpoint::Ip(a), Endpoint::Ip(b)) => (
-            Resolved { workload: owner_of(*a), addr: Some(*a) },
-            Resolved { workload: owner_of(*b), addr: Some(*b) },
+            Resolved {
+                workload: owner_of(*a),
+                addr: Some(*a),
+            },
+            Resolved {
+                workload: owner_of(*b),
+                addr: Some(*b),
+            },
         ),
         (Endpoint::Workload(w), Endpoint::Ip(b)) | (Endpoint::Ip(b), Endpoint::Workload(w)) => {
             let ips = ips_of(w);
@@ -159,12 +165,22 @@ pub(crate) fn resolve_endpoints(
                 workload: ips.as_ref().map(|_| w.clone()),
                 addr: ips.as_deref().and_then(|ips| first(ips, b.is_ipv4())),
             };
-            let ip = Resolved { workload: owner_of(*b), addr: Some(*b) };
-            if matches!(flow.src, Endpoint::Workload(_)) { (wl, ip) } else { (ip, wl) }
+            let ip = Resolved {
+                workload: owner_of(*b),
+                addr: Some(*b),
+            };
+            if matches!(flow.src, Endpoint::Workload(_)) {
+                (wl, ip)
+            } else {
+                (ip, wl)
+            }
         }
         (Endpoint::Workload(a), Endpoint::Workload(b)) => {
             let (ia, ib) = (ips_of(a), ips_of(b));
-            let (la, lb) = (ia.clone().unwrap_or_default(), ib.clone().unwrap_or_default());
+            let (la, lb) = (
+                ia.clone().unwrap_or_default(),
+                ib.clone().unwrap_or_default(),
+            );
             let (aa, ab) = if let (Some(x), Some(y)) = (first(&la, true), first(&lb, true)) {
                 (Some(x), Some(y))
             } else if let (Some(x), Some(y)) = (first(&la, false), first(&lb, false)) {
@@ -173,8 +189,14 @@ pub(crate) fn resolve_endpoints(
                 (la.first().copied(), lb.first().copied())
             };
             (
-                Resolved { workload: ia.map(|_| a.clone()), addr: aa },
-                Resolved { workload: ib.map(|_| b.clone()), addr: ab },
+                Resolved {
+                    workload: ia.map(|_| a.clone()),
+                    addr: aa,
+                },
+                Resolved {
+                    workload: ib.map(|_| b.clone()),
+                    addr: ab,
+                },
             )
         }
     }
@@ -195,9 +217,16 @@ pub(crate) fn overall(egress: Verdict, ingress: Verdict) -> Verdict {
 pub fn lookup_address(state: &CompiledState, ip: IpAddr) -> u32 {
     let bytes = u128::from_be_bytes(addr_bytes(ip));
     for len in (0..=128u32).rev() {
-        let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+        let mask = if len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - len)
+        };
         let addr = (bytes & mask).to_be_bytes();
-        if let Some(id) = state.addresses.get(&AddrPrefix { addr, prefix_len: len }) {
+        if let Some(id) = state.addresses.get(&AddrPrefix {
+            addr,
+            prefix_len: len,
+        }) {
             return *id;
         }
     }
@@ -209,9 +238,19 @@ fn lookup_policy(state: &CompiledState, key: PolicyKey, at_ns: u64) -> Option<Po
     let port = u16::from_be_bytes(key.port_be);
     for len in (POLICY_KEY_FIXED_BITS..=POLICY_KEY_FULL_BITS).rev() {
         let bits = len - POLICY_KEY_FIXED_BITS;
-        let mask = if bits == 0 { 0 } else { u16::MAX << (16 - bits) };
-        let k = PolicyKey { port_be: (port & mask).to_be_bytes(), ..key };
-        if let Some(v) = state.policy.get(&PolicyEntryKey { key: k, prefix_len: len }) {
+        let mask = if bits == 0 {
+            0
+        } else {
+            u16::MAX << (16 - bits)
+        };
+        let k = PolicyKey {
+            port_be: (port & mask).to_be_bytes(),
+            ..key
+        };
+        if let Some(v) = state.policy.get(&PolicyEntryKey {
+            key: k,
+            prefix_len: len,
+        }) {
             return (v.not_before <= at_ns && at_ns < v.expires_at).then_some(*v);
         }
     }
@@ -238,17 +277,39 @@ pub fn decide_raw(
         port_be: port.to_be_bytes(),
     };
     lookup_policy(state, key, at_ns)
-        .or_else(|| lookup_policy(state, PolicyKey { peer_identity: identity::ANY, ..key }, at_ns))
+        .or_else(|| {
+            lookup_policy(
+                state,
+                PolicyKey {
+                    peer_identity: identity::ANY,
+                    ..key
+                },
+                at_ns,
+            )
+        })
         .or_else(|| {
             state
                 .defaults
-                .get(&DefaultKey { local_identity: local, direction: dir.to_raw(), _pad: [0; 3] })
+                .get(&DefaultKey {
+                    local_identity: local,
+                    direction: dir.to_raw(),
+                    _pad: [0; 3],
+                })
                 .copied()
         })
 }
 
-fn side(state: &CompiledState, dir: Direction, local: &Resolved, peer: &Resolved, flow: &Flow) -> SideDecision {
-    let managed = local.workload.as_ref().and_then(|w| state.workloads.get(w).map(|c| (w, c.identity)));
+fn side(
+    state: &CompiledState,
+    dir: Direction,
+    local: &Resolved,
+    peer: &Resolved,
+    flow: &Flow,
+) -> SideDecision {
+    let managed = local
+        .workload
+        .as_ref()
+        .and_then(|w| state.workloads.get(w).map(|c| (w, c.identity)));
     let Some((w, local_id)) = managed else {
         return SideDecision {
             direction: dir,
@@ -262,8 +323,18 @@ fn side(state: &CompiledState, dir: Direction, local: &Resolved, peer: &Resolved
             peer_identity: None,
         };
     };
-    let peer_id = peer.addr.map_or(identity::WORLD, |a| lookup_address(state, a));
-    let value = decide_raw(state, local_id, dir, peer_id, flow.protocol, flow.port, flow.at);
+    let peer_id = peer
+        .addr
+        .map_or(identity::WORLD, |a| lookup_address(state, a));
+    let value = decide_raw(
+        state,
+        local_id,
+        dir,
+        peer_id,
+        flow.protocol,
+        flow.port,
+        flow.at,
+    );
     let (verdict, reason, rule_id) = match value {
         None => (Verdict::Allow, Reason::NotIsolated, 0),
         Some(v) => {
@@ -299,9 +370,19 @@ pub fn evaluate(state: &CompiledState, flow: &Flow) -> Decision {
     let (src, dst) = resolve_endpoints(
         flow,
         |w| state.workloads.get(w).map(|c| c.ips.clone()),
-        |ip| state.workloads.iter().find(|(_, c)| c.ips.contains(&ip)).map(|(r, _)| r.clone()),
+        |ip| {
+            state
+                .workloads
+                .iter()
+                .find(|(_, c)| c.ips.contains(&ip))
+                .map(|(r, _)| r.clone())
+        },
     );
     let egress = side(state, Direction::Egress, &src, &dst, flow);
     let ingress = side(state, Direction::Ingress, &dst, &src, flow);
-    Decision { verdict: overall(egress.verdict, ingress.verdict), egress, ingress }
+    Decision {
+        verdict: overall(egress.verdict, ingress.verdict),
+        egress,
+        ingress,
+    }
 }

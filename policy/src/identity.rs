@@ -62,7 +62,10 @@ impl AllocationTable {
                 *cursor += 1;
             }
             if used.contains(cursor) {
-                return Err(Error::IdentitiesExhausted { range, key: key.clone() });
+                return Err(Error::IdentitiesExhausted {
+                    range,
+                    key: key.clone(),
+                });
             }
             used.insert(*cursor);
             self.entries.insert(key.clone(), *cursor);
@@ -90,10 +93,18 @@ pub struct LabelSet {
 impl LabelSet {
     /// The identity key (`w:` + canonical JSON).
     pub fn key(&self) -> String {
-        let ports: Vec<(&str, &str, u16)> =
-            self.ports.iter().map(|p| (p.name.as_str(), p.protocol.as_str(), p.port)).collect();
-        let body = serde_json::to_string(&(&self.namespace_labels, &self.labels, &self.service_account, ports))
-            .unwrap_or_default();
+        let ports: Vec<(&str, &str, u16)> = self
+            .ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.protocol.as_str(), p.port))
+            .collect();
+        let body = serde_json::to_string(&(
+            &self.namespace_labels,
+            &self.labels,
+            &self.service_account,
+            ports,
+        ))
+        .unwrap_or_default();
         format!("w:{body}")
     }
 }
@@ -135,7 +146,12 @@ pub enum IdentityInfo {
 
 /// The reserved identities and their names.
 pub fn reserved() -> [(u32, &'static str); 4] {
-    [(ANY, "any"), (HOST, "host"), (WORLD, "world"), (UNMANAGED, "unmanaged")]
+    [
+        (ANY, "any"),
+        (HOST, "host"),
+        (WORLD, "world"),
+        (UNMANAGED, "unmanaged"),
+    ]
 }
 
 /// An address as the 16-byte key of the address trie (IPv4 as `::ffff:a.b.c.d`).
@@ -149,7 +165,10 @@ pub fn addr_bytes(ip: IpAddr) -> [u8; 16] {
 /// A CIDR as (16-byte address, prefix length) of the trie.
 pub fn net_bytes(net: &IpNet) -> ([u8; 16], u32) {
     match net {
-        IpNet::V4(n) => (n.network().to_ipv6_mapped().octets(), 96 + u32::from(n.prefix_len())),
+        IpNet::V4(n) => (
+            n.network().to_ipv6_mapped().octets(),
+            96 + u32::from(n.prefix_len()),
+        ),
         IpNet::V6(n) => (n.network().octets(), u32::from(n.prefix_len())),
     }
 }
@@ -161,7 +180,10 @@ mod tests {
     #[test]
     fn allocation_is_deterministic_and_stable() {
         let mut t = AllocationTable::new();
-        let keys: BTreeSet<String> = ["w:b", "w:a", "c:10.0.0.0/8"].iter().map(|s| s.to_string()).collect();
+        let keys: BTreeSet<String> = ["w:b", "w:a", "c:10.0.0.0/8"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         t.allocate(&keys).unwrap();
         assert_eq!(t.get("w:a"), Some(FIRST_WORKLOAD));
         assert_eq!(t.get("w:b"), Some(FIRST_WORKLOAD + 1));

@@ -16,7 +16,9 @@ fn header(doc: &Value, index: usize) -> String {
     let kind = doc.get("kind").and_then(Value::as_str);
     let meta = doc.get("metadata");
     let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str);
-    let ns = meta.and_then(|m| m.get("namespace")).and_then(Value::as_str);
+    let ns = meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str);
     match (kind, name, ns) {
         (Some(k), Some(n), Some(ns)) if k != "ClusterSegmentationPolicy" => format!("{k} {ns}/{n}"),
         (Some(k), Some(n), _) => format!("{k} {n}"),
@@ -49,12 +51,16 @@ pub fn parse_documents(file: &str, text: &str) -> Result<Vec<PolicyObject>, Erro
         let api = doc.get("apiVersion").and_then(Value::as_str).unwrap_or("");
         let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("");
         let obj = match (api, kind) {
-            ("networking.k8s.io/v1", "NetworkPolicy") => PolicyObject::NetworkPolicy(typed(file, &object, doc)?),
+            ("networking.k8s.io/v1", "NetworkPolicy") => {
+                PolicyObject::NetworkPolicy(typed(file, &object, doc)?)
+            }
             ("bulkhead.dev/v1alpha1", "SegmentationPolicy") => {
                 PolicyObject::Segmentation(typed::<SegmentationPolicy>(file, &object, doc)?)
             }
             ("bulkhead.dev/v1alpha1", "ClusterSegmentationPolicy") => {
-                PolicyObject::ClusterSegmentation(typed::<ClusterSegmentationPolicy>(file, &object, doc)?)
+                PolicyObject::ClusterSegmentation(typed::<ClusterSegmentationPolicy>(
+                    file, &object, doc,
+                )?)
             }
             ("", _) => return Err(Error::invalid(file, &object, "apiVersion", "missing")),
             (_, "") => return Err(Error::invalid(file, &object, "kind", "missing")),
@@ -76,12 +82,18 @@ pub fn parse_documents(file: &str, text: &str) -> Result<Vec<PolicyObject>, Erro
 
 /// Whether `p` has a policy file extension.
 fn is_policy_file(p: &Path) -> bool {
-    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+    matches!(
+        p.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
 }
 
 /// The files `path` stands for: itself, or the policy files of a directory, sorted.
 pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, Error> {
-    let io = |source| Error::Io { path: path.to_owned(), source };
+    let io = |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
     if !path.is_dir() {
         return Ok(vec![path.to_owned()]);
     }
@@ -100,9 +112,16 @@ pub fn policy_files(path: &Path) -> Result<Vec<PathBuf>, Error> {
 pub fn read_path(path: &Path) -> Result<Vec<(String, PolicyObject)>, Error> {
     let mut out = Vec::new();
     for f in policy_files(path)? {
-        let text = std::fs::read_to_string(&f).map_err(|source| Error::Io { path: f.clone(), source })?;
+        let text = std::fs::read_to_string(&f).map_err(|source| Error::Io {
+            path: f.clone(),
+            source,
+        })?;
         let name = f.display().to_string();
-        out.extend(parse_documents(&name, &text)?.into_iter().map(|o| (name.clone(), o)));
+        out.extend(
+            parse_documents(&name, &text)?
+                .into_iter()
+                .map(|o| (name.clone(), o)),
+        );
     }
     Ok(out)
 }

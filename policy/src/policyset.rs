@@ -32,7 +32,9 @@ impl PolicySet {
 
     /// Builds a set from `(source file, object)` pairs; any invalid object or duplicate key
     /// rejects the whole batch.
-    pub fn from_objects(objects: impl IntoIterator<Item = (String, PolicyObject)>) -> Result<Self, Error> {
+    pub fn from_objects(
+        objects: impl IntoIterator<Item = (String, PolicyObject)>,
+    ) -> Result<Self, Error> {
         let mut set = PolicySet::new();
         for (source, object) in objects {
             let key = object.key();
@@ -55,15 +57,27 @@ impl PolicySet {
 
     /// Parses a multi-document YAML text; `file` names it in errors.
     pub fn from_yaml_str(file: &str, text: &str) -> Result<Self, Error> {
-        Self::from_objects(load::parse_documents(file, text)?.into_iter().map(|o| (file.to_owned(), o)))
+        Self::from_objects(
+            load::parse_documents(file, text)?
+                .into_iter()
+                .map(|o| (file.to_owned(), o)),
+        )
     }
 
     /// Validates `object` and inserts it, replacing an object with the same key (an update by
     /// name replaces, it does not add). Returns the replaced object.
-    pub fn apply(&mut self, source: &str, object: PolicyObject) -> Result<Option<PolicyObject>, Error> {
+    pub fn apply(
+        &mut self,
+        source: &str,
+        object: PolicyObject,
+    ) -> Result<Option<PolicyObject>, Error> {
         let lowered = Arc::new(validate::lower(source, &object)?);
         let key = object.key();
-        let entry = Entry { source: source.to_owned(), object, lowered };
+        let entry = Entry {
+            source: source.to_owned(),
+            object,
+            lowered,
+        };
         Ok(self.entries.insert(key, entry).map(|e| e.object))
     }
 

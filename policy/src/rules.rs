@@ -103,5 +103,9 @@ pub fn rule_id(
         h ^= u32::from(b);
         h = h.wrapping_mul(0x0100_0193);
     }
-    if h == enforcer_common::RULE_NONE { 1 } else { h }
+    if h == enforcer_common::RULE_NONE {
+        1
+    } else {
+        h
+    }
 }

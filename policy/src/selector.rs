@@ -36,7 +36,10 @@ pub fn check(selector: &LabelSelector) -> Result<(), (String, String)> {
     for (i, req) in selector.match_expressions.iter().flatten().enumerate() {
         let values = req.values.as_deref().unwrap_or(&[]);
         if req.key.is_empty() {
-            return Err((format!(".matchExpressions[{i}].key"), "must not be empty".to_owned()));
+            return Err((
+                format!(".matchExpressions[{i}].key"),
+                "must not be empty".to_owned(),
+            ));
         }
         match req.operator.as_str() {
             "In" | "NotIn" => {
@@ -58,7 +61,9 @@ pub fn check(selector: &LabelSelector) -> Result<(), (String, String)> {
             other => {
                 return Err((
                     format!(".matchExpressions[{i}].operator"),
-                    format!("unknown operator {other:?} (expected In, NotIn, Exists or DoesNotExist)"),
+                    format!(
+                        "unknown operator {other:?} (expected In, NotIn, Exists or DoesNotExist)"
+                    ),
                 ));
             }
         }
@@ -91,7 +96,10 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn expr(key: &str, op: &str, values: Option<&[&str]>) -> LabelSelector {

@@ -53,10 +53,24 @@ pub struct SpecDecision {
 
 impl From<&crate::Decision> for SpecDecision {
     fn from(d: &crate::Decision) -> Self {
-        let side = |s: &crate::SideDecision| SpecSide { verdict: s.verdict, reason: s.reason, rule: s.rule.clone() };
-        SpecDecision { verdict: d.verdict, egress: side(&d.egress), ingress: side(&d.ingress) }
+        let side = |s: &crate::SideDecision| SpecSide {
+            verdict: s.verdict,
+            reason: s.reason,
+            rule: s.rule.clone(),
+        };
+        SpecDecision {
+            verdict: d.verdict,
+            egress: side(&d.egress),
+            ingress: side(&d.ingress),
+        }
     }
 }
+
+/// A NetworkPolicy rule's peers and ports.
+type NetpolRule<'a> = (
+    Option<&'a Vec<NetworkPolicyPeer>>,
+    Option<&'a Vec<NetworkPolicyPort>>,
+);
 
 /// What the local side knows about the other end.
 struct PeerView<'a> {
@@ -84,7 +98,10 @@ fn ns_labels(inv: &Inventory, ns: &str) -> BTreeMap<String, String> {
 fn in_cidr(addr: Option<IpAddr>, cidr: &str, except: &[String]) -> bool {
     let Some(a) = addr else { return false };
     let parse = |s: &str| IpNet::from_str(s).ok().map(|n| n.trunc());
-    parse(cidr).is_some_and(|n| n.contains(&a)) && !except.iter().any(|e| parse(e).is_some_and(|n| n.contains(&a)))
+    parse(cidr).is_some_and(|n| n.contains(&a))
+        && !except
+            .iter()
+            .any(|e| parse(e).is_some_and(|n| n.contains(&a)))
 }
 
 fn netpol_peer(inv: &Inventory, own_ns: &str, p: &NetworkPolicyPeer, peer: &PeerView<'_>) -> bool {
@@ -96,7 +113,10 @@ fn netpol_peer(inv: &Inventory, own_ns: &str, p: &NetworkPolicyPeer, peer: &Peer
         Some(sel) => matches(sel, &ns_labels(inv, &w.namespace)),
         None => w.namespace == own_ns,
     };
-    ns_ok && p.pod_selector.as_ref().is_none_or(|sel| matches(sel, &w.labels))
+    ns_ok
+        && p.pod_selector
+            .as_ref()
+            .is_none_or(|sel| matches(sel, &w.labels))
 }
 
 fn crd_peer(inv: &Inventory, own_ns: Option<&str>, p: &model::Peer, peer: &PeerView<'_>) -> bool {
@@ -110,7 +130,9 @@ fn crd_peer(inv: &Inventory, own_ns: Option<&str>, p: &model::Peer, peer: &PeerV
         (None, None) => true,
     };
     ns_ok
-        && p.pod_selector.as_ref().is_none_or(|sel| matches(sel, &w.labels))
+        && p.pod_selector
+            .as_ref()
+            .is_none_or(|sel| matches(sel, &w.labels))
         && p.service_account.as_ref().is_none_or(|sa| {
             sa.name == w.service_account && sa.namespace.as_ref().is_none_or(|n| *n == w.namespace)
         })
@@ -143,7 +165,9 @@ fn port_matches(
             (p..=e).contains(&i64::from(flow.port))
         }
         Some(IntOrString::String(name)) => dst.is_some_and(|w| {
-            w.ports.iter().any(|np| np.name == *name && np.protocol == proto && np.port == flow.port)
+            w.ports
+                .iter()
+                .any(|np| np.name == *name && np.protocol == proto && np.port == flow.port)
         }),
     }
 }
@@ -178,12 +202,21 @@ fn collect(
             index: None,
             rule_name: None,
         };
-        let rule_ref = |i: usize, name: Option<&String>| RuleRef { index: Some(i as u32), rule_name: name.cloned(), ..policy_ref.clone() };
+        let rule_ref = |i: usize, name: Option<&String>| RuleRef {
+            index: Some(i as u32),
+            rule_name: name.cloned(),
+            ..policy_ref.clone()
+        };
         match obj {
             PolicyObject::NetworkPolicy(np) => {
                 let Some(spec) = &np.spec else { continue };
                 let own = key.namespace.as_deref().unwrap_or("");
-                if local.namespace != own || !spec.pod_selector.as_ref().is_none_or(|s| matches(s, &local.labels)) {
+                if local.namespace != own
+                    || !spec
+                        .pod_selector
+                        .as_ref()
+                        .is_none_or(|s| matches(s, &local.labels))
+                {
                     continue;
                 }
                 let types: Vec<String> = match &spec.policy_types {
@@ -199,17 +232,47 @@ fn collect(
                     continue;
                 }
                 iso.push((key.clone(), false, policy_ref.clone()));
-                let rules: Vec<(Option<&Vec<NetworkPolicyPeer>>, Option<&Vec<NetworkPolicyPort>>)> = match dir {
-                    Direction::Ingress => spec.ingress.iter().flatten().map(|r| (r.from.as_ref(), r.ports.as_ref())).collect(),
-                    Direction::Egress => spec.egress.iter().flatten().map(|r| (r.to.as_ref(), r.ports.as_ref())).collect(),
+                let rules: Vec<NetpolRule<'_>> = match dir {
+                    Direction::Ingress => spec
+                        .ingress
+                        .iter()
+                        .flatten()
+                        .map(|r| (r.from.as_ref(), r.ports.as_ref()))
+                        .collect(),
+                    Direction::Egress => spec
+                        .egress
+                        .iter()
+                        .flatten()
+                        .map(|r| (r.to.as_ref(), r.ports.as_ref()))
+                        .collect(),
                 };
                 for (i, (peers, ports)) in rules.into_iter().enumerate() {
-                    let peer_ok = peers.is_none_or(|ps| ps.is_empty() || ps.iter().any(|p| netpol_peer(inv, own, p, peer)));
+                    let peer_ok = peers.is_none_or(|ps| {
+                        ps.is_empty() || ps.iter().any(|p| netpol_peer(inv, own, p, peer))
+                    });
                     let port_ok = ports.is_none_or(|ps| {
-                        ps.is_empty() || ps.iter().any(|p| port_matches(p.protocol.as_ref(), p.port.as_ref(), p.end_port, flow, dst))
+                        ps.is_empty()
+                            || ps.iter().any(|p| {
+                                port_matches(
+                                    p.protocol.as_ref(),
+                                    p.port.as_ref(),
+                                    p.end_port,
+                                    flow,
+                                    dst,
+                                )
+                            })
                     });
                     if peer_ok && port_ok {
-                        cands.push(Candidate { tier: 1, netpol: true, priority: 0, action: 1, key: key.clone(), index: i as u32, audit: false, rule: rule_ref(i, None) });
+                        cands.push(Candidate {
+                            tier: 1,
+                            netpol: true,
+                            priority: 0,
+                            action: 1,
+                            key: key.clone(),
+                            index: i as u32,
+                            audit: false,
+                            rule: rule_ref(i, None),
+                        });
                     }
                 }
             }
@@ -218,7 +281,11 @@ fn collect(
                 let own = key.namespace.as_deref().unwrap_or("");
                 let sas = s.subject.service_accounts.as_deref().unwrap_or(&[]);
                 if local.namespace != own
-                    || !s.subject.pod_selector.as_ref().is_none_or(|sel| matches(sel, &local.labels))
+                    || !s
+                        .subject
+                        .pod_selector
+                        .as_ref()
+                        .is_none_or(|sel| matches(sel, &local.labels))
                     || !(sas.is_empty() || sas.contains(&local.service_account))
                 {
                     continue;
@@ -230,13 +297,35 @@ fn collect(
                 let Some(list) = list else { continue };
                 let audit = s.mode == Mode::Audit;
                 iso.push((key.clone(), audit, policy_ref.clone()));
-                crd_rules(inv, list, Some(own), 1, s.priority, audit, key, dir, peer, flow, dst, &rule_ref, &mut cands);
+                crd_rules(
+                    inv,
+                    list,
+                    Some(own),
+                    1,
+                    s.priority,
+                    audit,
+                    key,
+                    dir,
+                    peer,
+                    flow,
+                    dst,
+                    &rule_ref,
+                    &mut cands,
+                );
             }
             PolicyObject::ClusterSegmentation(cp) => {
                 let s = &cp.spec;
                 let sas = s.subject.service_accounts.as_deref().unwrap_or(&[]);
-                if !s.subject.namespace_selector.as_ref().is_none_or(|sel| matches(sel, &local_ns))
-                    || !s.subject.pod_selector.as_ref().is_none_or(|sel| matches(sel, &local.labels))
+                if !s
+                    .subject
+                    .namespace_selector
+                    .as_ref()
+                    .is_none_or(|sel| matches(sel, &local_ns))
+                    || !s
+                        .subject
+                        .pod_selector
+                        .as_ref()
+                        .is_none_or(|sel| matches(sel, &local.labels))
                     || !(sas.is_empty() || sas.contains(&local.service_account))
                 {
                     continue;
@@ -247,14 +336,31 @@ fn collect(
                 };
                 let tier = if s.tier == model::Tier::Admin { 0 } else { 2 };
                 let audit = s.mode == Mode::Audit;
-                crd_rules(inv, list.as_deref().unwrap_or(&[]), None, tier, s.priority, audit, key, dir, peer, flow, dst, &rule_ref, &mut cands);
+                crd_rules(
+                    inv,
+                    list.as_deref().unwrap_or(&[]),
+                    None,
+                    tier,
+                    s.priority,
+                    audit,
+                    key,
+                    dir,
+                    peer,
+                    flow,
+                    dst,
+                    &rule_ref,
+                    &mut cands,
+                );
             }
         }
     }
     (cands, iso)
 }
 
-#[expect(clippy::too_many_arguments, reason = "oracle helper shared by both CRD kinds")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "oracle helper shared by both CRD kinds"
+)]
 fn crd_rules(
     inv: &Inventory,
     list: &[model::Rule],
@@ -275,9 +381,14 @@ fn crd_rules(
             Direction::Ingress => &r.from,
             Direction::Egress => &r.to,
         };
-        let peer_ok = peers.as_ref().is_none_or(|ps| ps.iter().any(|p| crd_peer(inv, own_ns, p, peer)));
+        let peer_ok = peers
+            .as_ref()
+            .is_none_or(|ps| ps.iter().any(|p| crd_peer(inv, own_ns, p, peer)));
         let port_ok = r.ports.as_ref().is_none_or(|ps| {
-            ps.is_empty() || ps.iter().any(|p| port_matches(p.protocol.as_ref(), p.port.as_ref(), p.end_port, flow, dst))
+            ps.is_empty()
+                || ps.iter().any(|p| {
+                    port_matches(p.protocol.as_ref(), p.port.as_ref(), p.end_port, flow, dst)
+                })
         });
         if peer_ok && port_ok && active(r.not_before.as_ref(), r.expires_at.as_ref(), flow.at) {
             let action = match r.action {
@@ -285,7 +396,16 @@ fn crd_rules(
                 model::Action::Allow => 1,
                 model::Action::Pass => 2,
             };
-            cands.push(Candidate { tier, netpol: false, priority, action, key: key.clone(), index: i as u32, audit, rule: rule_ref(i, r.name.as_ref()) });
+            cands.push(Candidate {
+                tier,
+                netpol: false,
+                priority,
+                action,
+                key: key.clone(),
+                index: i as u32,
+                audit,
+                rule: rule_ref(i, r.name.as_ref()),
+            });
         }
     }
 }
@@ -319,27 +439,54 @@ fn verdict_of(c: &Candidate) -> (Verdict, Reason, Option<RuleRef>) {
     }
 }
 
-fn side(policies: &PolicySet, inv: &Inventory, dir: Direction, local: &Resolved, peer: &Resolved, flow: &Flow) -> SpecSide {
+fn side(
+    policies: &PolicySet,
+    inv: &Inventory,
+    dir: Direction,
+    local: &Resolved,
+    peer: &Resolved,
+    flow: &Flow,
+) -> SpecSide {
     let Some(w) = local.workload.as_ref().and_then(|r| inv.workload(r)) else {
-        return SpecSide { verdict: Verdict::Allow, reason: Reason::NotManaged, rule: None };
+        return SpecSide {
+            verdict: Verdict::Allow,
+            reason: Reason::NotManaged,
+            rule: None,
+        };
     };
-    let pv = PeerView { addr: peer.addr, workload: peer.addr.and_then(|a| inv.workload_by_ip(a)) };
+    let pv = PeerView {
+        addr: peer.addr,
+        workload: peer.addr.and_then(|a| inv.workload_by_ip(a)),
+    };
     let (mut cands, mut iso) = collect(policies, inv, w, dir, &pv, flow);
     cands.sort_by(|a, b| {
-        (a.tier, a.netpol, a.priority, a.action, &a.key, a.index).cmp(&(b.tier, b.netpol, b.priority, b.action, &b.key, b.index))
+        (a.tier, a.netpol, a.priority, a.action, &a.key, a.index)
+            .cmp(&(b.tier, b.netpol, b.priority, b.action, &b.key, b.index))
     });
     iso.sort_by(|a, b| a.0.cmp(&b.0));
     let actual_c: Vec<&Candidate> = cands.iter().filter(|c| !c.audit).collect();
     let all_c: Vec<&Candidate> = cands.iter().collect();
     let actual = decide(&actual_c, iso.iter().find(|i| !i.1).map(|i| &i.2));
     if actual.0 == Verdict::Deny {
-        return SpecSide { verdict: actual.0, reason: actual.1, rule: actual.2 };
+        return SpecSide {
+            verdict: actual.0,
+            reason: actual.1,
+            rule: actual.2,
+        };
     }
     let hypo = decide(&all_c, iso.first().map(|i| &i.2));
     if hypo.0 == Verdict::Deny {
-        return SpecSide { verdict: Verdict::Audit, reason: hypo.1, rule: hypo.2 };
+        return SpecSide {
+            verdict: Verdict::Audit,
+            reason: hypo.1,
+            rule: hypo.2,
+        };
     }
-    SpecSide { verdict: actual.0, reason: actual.1, rule: actual.2 }
+    SpecSide {
+        verdict: actual.0,
+        reason: actual.1,
+        rule: actual.2,
+    }
 }
 
 /// Decides `flow` from the raw objects (the oracle).
@@ -351,5 +498,9 @@ pub fn evaluate(policies: &PolicySet, inventory: &Inventory, flow: &Flow) -> Spe
     );
     let egress = side(policies, inventory, Direction::Egress, &src, &dst, flow);
     let ingress = side(policies, inventory, Direction::Ingress, &dst, &src, flow);
-    SpecDecision { verdict: overall(egress.verdict, ingress.verdict), egress, ingress }
+    SpecDecision {
+        verdict: overall(egress.verdict, ingress.verdict),
+        egress,
+        ingress,
+    }
 }

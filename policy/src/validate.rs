@@ -49,7 +49,10 @@ impl Ctx<'_> {
     fn time(&self, field: &str, s: Option<&String>) -> Result<Option<Timestamp>, Error> {
         s.map(|s| {
             Timestamp::from_str(s).map_err(|_| {
-                self.err(field, format!("{s:?} is not an RFC 3339 timestamp (e.g. 2026-11-27T10:00:00Z)"))
+                self.err(
+                    field,
+                    format!("{s:?} is not an RFC 3339 timestamp (e.g. 2026-11-27T10:00:00Z)"),
+                )
             })
         })
         .transpose()
@@ -59,7 +62,10 @@ impl Ctx<'_> {
         let net = self.one_cidr(field, cidr)?;
         let mut out = Vec::new();
         for (i, e) in except.iter().enumerate() {
-            let f = format!("{}.except[{i}]", field.rsplit_once('.').map_or(field, |(a, _)| a));
+            let f = format!(
+                "{}.except[{i}]",
+                field.rsplit_once('.').map_or(field, |(a, _)| a)
+            );
             let en = self.one_cidr(&f, e)?;
             if !net.contains(&en) {
                 return Err(self.err(&f, format!("{e} is not inside {net}")));
@@ -74,7 +80,10 @@ impl Ctx<'_> {
         if let IpNet::V6(n) = net
             && crate::compile::mapped_v4_range().contains(&n)
         {
-            return Err(self.err(field, format!("{s} is an IPv4-mapped range: write it as an IPv4 CIDR")));
+            return Err(self.err(
+                field,
+                format!("{s} is an IPv4-mapped range: write it as an IPv4 CIDR"),
+            ));
         }
         Ok(net)
     }
@@ -90,29 +99,46 @@ impl Ctx<'_> {
         let proto = match protocol {
             None => enforcer_common::PROTO_TCP,
             Some(p) => parse_protocol(p).ok_or_else(|| {
-                self.err(format!("{field}.protocol"), format!("unknown protocol {p:?} (expected TCP, UDP or SCTP)"))
+                self.err(
+                    format!("{field}.protocol"),
+                    format!("unknown protocol {p:?} (expected TCP, UDP or SCTP)"),
+                )
             })?,
         };
         let check = |n: i32, f: &str| -> Result<u16, Error> {
-            u16::try_from(n)
-                .ok()
-                .filter(|&p| p != 0)
-                .ok_or_else(|| self.err(format!("{field}.{f}"), format!("{n} is not a port (1..=65535)")))
+            u16::try_from(n).ok().filter(|&p| p != 0).ok_or_else(|| {
+                self.err(
+                    format!("{field}.{f}"),
+                    format!("{n} is not a port (1..=65535)"),
+                )
+            })
         };
         match (port, end_port) {
-            (None, None) => Ok(ir::Port::Range { protocol: proto, start: 0, end: u16::MAX }),
-            (None, Some(e)) => Err(self.err(format!("{field}.endPort"), format!("{e} given without port"))),
+            (None, None) => Ok(ir::Port::Range {
+                protocol: proto,
+                start: 0,
+                end: u16::MAX,
+            }),
+            (None, Some(e)) => Err(self.err(
+                format!("{field}.endPort"),
+                format!("{e} given without port"),
+            )),
             (Some(IntOrString::String(name)), end) => {
                 if let Some(e) = end {
                     return Err(self.err(
                         format!("{field}.endPort"),
-                        format!("{e} given with the named port {name:?} (ranges need a numeric port)"),
+                        format!(
+                            "{e} given with the named port {name:?} (ranges need a numeric port)"
+                        ),
                     ));
                 }
                 if name.is_empty() {
                     return Err(self.err(format!("{field}.port"), "empty port name"));
                 }
-                Ok(ir::Port::Named { protocol: proto, name: name.clone() })
+                Ok(ir::Port::Named {
+                    protocol: proto,
+                    name: name.clone(),
+                })
             }
             (Some(IntOrString::Int(p)), end) => {
                 let start = check(*p, "port")?;
@@ -121,12 +147,19 @@ impl Ctx<'_> {
                     Some(e) => {
                         let e16 = check(e, "endPort")?;
                         if e16 < start {
-                            return Err(self.err(format!("{field}.endPort"), format!("{e} is below port {start}")));
+                            return Err(self.err(
+                                format!("{field}.endPort"),
+                                format!("{e} is below port {start}"),
+                            ));
                         }
                         e16
                     }
                 };
-                Ok(ir::Port::Range { protocol: proto, start, end })
+                Ok(ir::Port::Range {
+                    protocol: proto,
+                    start,
+                    end,
+                })
             }
         }
     }
@@ -135,14 +168,31 @@ impl Ctx<'_> {
 /// Validates and normalizes one object read from `file`.
 pub(crate) fn lower(file: &str, obj: &PolicyObject) -> Result<ir::Policy, Error> {
     let key = obj.key();
-    let ctx = Ctx { file, object: key.to_string() };
+    let ctx = Ctx {
+        file,
+        object: key.to_string(),
+    };
     if key.name.is_empty() {
-        return Err(ctx.err("metadata.name", "missing"));
+        let unnamed = ObjectKey {
+            name: "<unnamed>".to_owned(),
+            ..key
+        };
+        return Err(Error::invalid(
+            file,
+            &unnamed.to_string(),
+            "metadata.name",
+            "missing",
+        ));
     }
     match obj {
         PolicyObject::NetworkPolicy(np) => lower_netpol(&ctx, key, np),
         PolicyObject::Segmentation(sp) => {
-            let ns = key.namespace.clone().ok_or_else(|| ctx.err("metadata.namespace", "missing (SegmentationPolicy is namespaced)"))?;
+            let ns = key.namespace.clone().ok_or_else(|| {
+                ctx.err(
+                    "metadata.namespace",
+                    "missing (SegmentationPolicy is namespaced)",
+                )
+            })?;
             let s = &sp.spec;
             if let Some(sel) = &s.subject.pod_selector {
                 ctx.selector("spec.subject.podSelector", sel)?;
@@ -153,8 +203,20 @@ pub(crate) fn lower(file: &str, obj: &PolicyObject) -> Result<ir::Policy, Error>
                 pod_selector: s.subject.pod_selector.clone(),
                 service_accounts: s.subject.service_accounts.clone().unwrap_or_default(),
             };
-            let rules = [(Direction::Ingress, &s.ingress), (Direction::Egress, &s.egress)];
-            lower_crd(&ctx, key, Tier::Namespace, s.mode, s.priority, subject, rules, Some(&ns))
+            let rules = [
+                (Direction::Ingress, &s.ingress),
+                (Direction::Egress, &s.egress),
+            ];
+            lower_crd(
+                &ctx,
+                key,
+                Tier::Namespace,
+                s.mode,
+                s.priority,
+                subject,
+                rules,
+                Some(&ns),
+            )
         }
         PolicyObject::ClusterSegmentation(cp) => {
             let s = &cp.spec;
@@ -174,7 +236,10 @@ pub(crate) fn lower(file: &str, obj: &PolicyObject) -> Result<ir::Policy, Error>
                 model::Tier::Admin => Tier::Admin,
                 model::Tier::Baseline => Tier::Baseline,
             };
-            let rules = [(Direction::Ingress, &s.ingress), (Direction::Egress, &s.egress)];
+            let rules = [
+                (Direction::Ingress, &s.ingress),
+                (Direction::Egress, &s.egress),
+            ];
             lower_crd(&ctx, key, tier, s.mode, s.priority, subject, rules, None)
         }
     }
@@ -193,7 +258,10 @@ fn isolation(key: &ObjectKey, d: Direction) -> (RuleRef, u32) {
     (r, id)
 }
 
-#[expect(clippy::too_many_arguments, reason = "one call per CRD kind, all inputs are distinct")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call per CRD kind, all inputs are distinct"
+)]
 fn lower_crd(
     ctx: &Ctx<'_>,
     key: ObjectKey,
@@ -205,7 +273,10 @@ fn lower_crd(
     own_ns: Option<&String>,
 ) -> Result<ir::Policy, Error> {
     if !(0..=MAX_PRIORITY).contains(&priority) {
-        return Err(ctx.err("spec.priority", format!("{priority} is outside 0..={MAX_PRIORITY}")));
+        return Err(ctx.err(
+            "spec.priority",
+            format!("{priority} is outside 0..={MAX_PRIORITY}"),
+        ));
     }
     let mut isolates = [None, None];
     let mut rules = Vec::new();
@@ -217,25 +288,40 @@ fn lower_crd(
         for (i, r) in list.iter().enumerate() {
             let base = format!("spec.{}[{i}]", d.as_str());
             if r.action == model::Action::Pass && tier != Tier::Admin {
-                let why = if key.kind == Kind::SegmentationPolicy { "a namespaced policy" } else { "the Baseline tier" };
-                return Err(ctx.err(format!("{base}.action"), format!("Pass is only allowed in the Admin tier, not in {why}")));
+                let why = if key.kind == Kind::SegmentationPolicy {
+                    "a namespaced policy"
+                } else {
+                    "the Baseline tier"
+                };
+                return Err(ctx.err(
+                    format!("{base}.action"),
+                    format!("Pass is only allowed in the Admin tier, not in {why}"),
+                ));
             }
             let (peers_field, peers, other_field, other) = match d {
                 Direction::Ingress => ("from", &r.from, "to", &r.to),
                 Direction::Egress => ("to", &r.to, "from", &r.from),
             };
             if other.is_some() {
-                return Err(ctx.err(format!("{base}.{other_field}"), format!("not allowed in an {} rule (use {peers_field})", d.as_str())));
+                return Err(ctx.err(
+                    format!("{base}.{other_field}"),
+                    format!("not allowed in an {} rule (use {peers_field})", d.as_str()),
+                ));
             }
             if peers.as_ref().is_some_and(Vec::is_empty) {
-                return Err(ctx.err(format!("{base}.{peers_field}"), "empty list (omit the field to match any peer)"));
+                return Err(ctx.err(
+                    format!("{base}.{peers_field}"),
+                    "empty list (omit the field to match any peer)",
+                ));
             }
             let peers = peers
                 .as_ref()
                 .map(|ps| {
                     ps.iter()
                         .enumerate()
-                        .map(|(j, p)| crd_peer(ctx, &format!("{base}.{peers_field}[{j}]"), p, own_ns))
+                        .map(|(j, p)| {
+                            crd_peer(ctx, &format!("{base}.{peers_field}[{j}]"), p, own_ns)
+                        })
                         .collect::<Result<Vec<_>, _>>()
                 })
                 .transpose()?;
@@ -246,7 +332,14 @@ fn lower_crd(
                 .map(|ps| {
                     ps.iter()
                         .enumerate()
-                        .map(|(j, p)| ctx.port(&format!("{base}.ports[{j}]"), p.protocol.as_ref(), p.port.as_ref(), p.end_port))
+                        .map(|(j, p)| {
+                            ctx.port(
+                                &format!("{base}.ports[{j}]"),
+                                p.protocol.as_ref(),
+                                p.port.as_ref(),
+                                p.end_port,
+                            )
+                        })
                         .collect::<Result<Vec<_>, _>>()
                 })
                 .transpose()?;
@@ -255,7 +348,10 @@ fn lower_crd(
             if let (Some(nb), Some(ea)) = (not_before, expires_at)
                 && ea <= nb
             {
-                return Err(ctx.err(format!("{base}.expiresAt"), format!("{ea} is not after notBefore {nb}")));
+                return Err(ctx.err(
+                    format!("{base}.expiresAt"),
+                    format!("{ea} is not after notBefore {nb}"),
+                ));
             }
             let action = match r.action {
                 model::Action::Allow => Action::Allow,
@@ -271,7 +367,16 @@ fn lower_crd(
                 rule_name: r.name.clone(),
             };
             let rule_id = rule.id();
-            rules.push(ir::Rule { direction: d, action, peers, ports, not_before, expires_at, rule, rule_id });
+            rules.push(ir::Rule {
+                direction: d,
+                action,
+                peers,
+                ports,
+                not_before,
+                expires_at,
+                rule,
+                rule_id,
+            });
         }
     }
     Ok(ir::Policy {
@@ -286,19 +391,35 @@ fn lower_crd(
     })
 }
 
-fn crd_peer(ctx: &Ctx<'_>, field: &str, p: &model::Peer, own_ns: Option<&String>) -> Result<ir::Peer, Error> {
-    let workload_fields = p.pod_selector.is_some() || p.namespace_selector.is_some() || p.service_account.is_some();
+fn crd_peer(
+    ctx: &Ctx<'_>,
+    field: &str,
+    p: &model::Peer,
+    own_ns: Option<&String>,
+) -> Result<ir::Peer, Error> {
+    let workload_fields =
+        p.pod_selector.is_some() || p.namespace_selector.is_some() || p.service_account.is_some();
     if let Some(cidr) = &p.cidr {
         if workload_fields {
-            return Err(ctx.err(field, "cidr cannot be combined with podSelector, namespaceSelector or serviceAccount"));
+            return Err(ctx.err(
+                field,
+                "cidr cannot be combined with podSelector, namespaceSelector or serviceAccount",
+            ));
         }
-        return ctx.cidr(&format!("{field}.cidr"), cidr, p.except.as_deref().unwrap_or(&[]));
+        return ctx.cidr(
+            &format!("{field}.cidr"),
+            cidr,
+            p.except.as_deref().unwrap_or(&[]),
+        );
     }
     if p.except.is_some() {
         return Err(ctx.err(format!("{field}.except"), "given without cidr"));
     }
     if !workload_fields {
-        return Err(ctx.err(field, "empty peer (give podSelector, namespaceSelector, serviceAccount or cidr)"));
+        return Err(ctx.err(
+            field,
+            "empty peer (give podSelector, namespaceSelector, serviceAccount or cidr)",
+        ));
     }
     if let Some(s) = &p.pod_selector {
         ctx.selector(&format!("{field}.podSelector"), s)?;
@@ -312,15 +433,27 @@ fn crd_peer(ctx: &Ctx<'_>, field: &str, p: &model::Peer, own_ns: Option<&String>
         return Err(ctx.err(format!("{field}.serviceAccount.name"), "must not be empty"));
     }
     Ok(ir::Peer::Workloads {
-        namespace: if p.namespace_selector.is_none() { own_ns.cloned() } else { None },
+        namespace: if p.namespace_selector.is_none() {
+            own_ns.cloned()
+        } else {
+            None
+        },
         namespace_selector: p.namespace_selector.clone(),
         pod_selector: p.pod_selector.clone(),
-        service_account: p.service_account.as_ref().map(|s| (s.namespace.clone(), s.name.clone())),
+        service_account: p
+            .service_account
+            .as_ref()
+            .map(|s| (s.namespace.clone(), s.name.clone())),
     })
 }
 
 fn lower_netpol(ctx: &Ctx<'_>, key: ObjectKey, np: &NetworkPolicy) -> Result<ir::Policy, Error> {
-    let ns = key.namespace.clone().ok_or_else(|| ctx.err("metadata.namespace", "missing (NetworkPolicy is namespaced)"))?;
+    let ns = key.namespace.clone().ok_or_else(|| {
+        ctx.err(
+            "metadata.namespace",
+            "missing (NetworkPolicy is namespaced)",
+        )
+    })?;
     let spec = np.spec.as_ref().ok_or_else(|| ctx.err("spec", "missing"))?;
     if let Some(s) = &spec.pod_selector {
         ctx.selector("spec.podSelector", s)?;
@@ -333,7 +466,10 @@ fn lower_netpol(ctx: &Ctx<'_>, key: ObjectKey, np: &NetworkPolicy) -> Result<ir:
                     "Ingress" => types[0] = true,
                     "Egress" => types[1] = true,
                     other => {
-                        return Err(ctx.err(format!("spec.policyTypes[{i}]"), format!("unknown policy type {other:?} (expected Ingress or Egress)")));
+                        return Err(ctx.err(
+                            format!("spec.policyTypes[{i}]"),
+                            format!("unknown policy type {other:?} (expected Ingress or Egress)"),
+                        ));
                     }
                 }
             }
@@ -347,7 +483,10 @@ fn lower_netpol(ctx: &Ctx<'_>, key: ObjectKey, np: &NetworkPolicy) -> Result<ir:
     let mut rules = Vec::new();
     let ingress = spec.ingress.iter().flatten().map(|r| (&r.from, &r.ports));
     let egress = spec.egress.iter().flatten().map(|r| (&r.to, &r.ports));
-    let dirs: [(Direction, Vec<_>); 2] = [(Direction::Ingress, ingress.collect()), (Direction::Egress, egress.collect())];
+    let dirs: [(Direction, Vec<_>); 2] = [
+        (Direction::Ingress, ingress.collect()),
+        (Direction::Egress, egress.collect()),
+    ];
     for (d, list) in dirs {
         let (peer_name, applies) = match d {
             Direction::Ingress => ("from", types[0]),
@@ -408,19 +547,31 @@ fn netpol_peers(
     peers: Option<&[NetworkPolicyPeer]>,
     ns: &str,
 ) -> Result<Option<Vec<ir::Peer>>, Error> {
-    let Some(peers) = peers.filter(|p| !p.is_empty()) else { return Ok(None) };
+    let Some(peers) = peers.filter(|p| !p.is_empty()) else {
+        return Ok(None);
+    };
     let mut out = Vec::new();
     for (j, p) in peers.iter().enumerate() {
         let field = format!("{base}.{name}[{j}]");
         if let Some(b) = &p.ip_block {
             if p.pod_selector.is_some() || p.namespace_selector.is_some() {
-                return Err(ctx.err(&field, "ipBlock cannot be combined with podSelector or namespaceSelector"));
+                return Err(ctx.err(
+                    &field,
+                    "ipBlock cannot be combined with podSelector or namespaceSelector",
+                ));
             }
-            out.push(ctx.cidr(&format!("{field}.ipBlock.cidr"), &b.cidr, b.except.as_deref().unwrap_or(&[]))?);
+            out.push(ctx.cidr(
+                &format!("{field}.ipBlock.cidr"),
+                &b.cidr,
+                b.except.as_deref().unwrap_or(&[]),
+            )?);
             continue;
         }
         if p.pod_selector.is_none() && p.namespace_selector.is_none() {
-            return Err(ctx.err(&field, "empty peer (give podSelector, namespaceSelector or ipBlock)"));
+            return Err(ctx.err(
+                &field,
+                "empty peer (give podSelector, namespaceSelector or ipBlock)",
+            ));
         }
         if let Some(s) = &p.pod_selector {
             ctx.selector(&format!("{field}.podSelector"), s)?;
@@ -429,7 +580,11 @@ fn netpol_peers(
             ctx.selector(&format!("{field}.namespaceSelector"), s)?;
         }
         out.push(ir::Peer::Workloads {
-            namespace: if p.namespace_selector.is_none() { Some(ns.to_owned()) } else { None },
+            namespace: if p.namespace_selector.is_none() {
+                Some(ns.to_owned())
+            } else {
+                None
+            },
             namespace_selector: p.namespace_selector.clone(),
             pod_selector: p.pod_selector.clone(),
             service_account: None,
@@ -438,12 +593,25 @@ fn netpol_peers(
     Ok(Some(out))
 }
 
-fn netpol_ports(ctx: &Ctx<'_>, base: &str, ports: Option<&[NetworkPolicyPort]>) -> Result<Option<Vec<ir::Port>>, Error> {
-    let Some(ports) = ports.filter(|p| !p.is_empty()) else { return Ok(None) };
+fn netpol_ports(
+    ctx: &Ctx<'_>,
+    base: &str,
+    ports: Option<&[NetworkPolicyPort]>,
+) -> Result<Option<Vec<ir::Port>>, Error> {
+    let Some(ports) = ports.filter(|p| !p.is_empty()) else {
+        return Ok(None);
+    };
     ports
         .iter()
         .enumerate()
-        .map(|(j, p)| ctx.port(&format!("{base}.ports[{j}]"), p.protocol.as_ref(), p.port.as_ref(), p.end_port))
+        .map(|(j, p)| {
+            ctx.port(
+                &format!("{base}.ports[{j}]"),
+                p.protocol.as_ref(),
+                p.port.as_ref(),
+                p.end_port,
+            )
+        })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
 }

@@ -9,7 +9,9 @@ use std::net::IpAddr;
 
 use bulkhead_policy::model::{NamedPort, Namespace, Workload};
 use bulkhead_policy::spec::{self, SpecDecision};
-use bulkhead_policy::{AllocationTable, Compiler, Endpoint, Flow, Inventory, PolicySet, Protocol, evaluate, load};
+use bulkhead_policy::{
+    AllocationTable, Compiler, Endpoint, Flow, Inventory, PolicySet, Protocol, evaluate, load,
+};
 use jiff::Timestamp;
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -34,7 +36,12 @@ impl Rng {
     }
 }
 
-const TIMES: [&str; 4] = ["2026-11-27T10:00:00Z", "2026-11-27T12:00:00Z", "2026-11-27T14:00:00Z", "2026-11-27T16:00:00Z"];
+const TIMES: [&str; 4] = [
+    "2026-11-27T10:00:00Z",
+    "2026-11-27T12:00:00Z",
+    "2026-11-27T14:00:00Z",
+    "2026-11-27T16:00:00Z",
+];
 const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 const PODS: [&str; 3] = ["a", "b", "c"];
 
@@ -45,7 +52,10 @@ fn inventory(rng: &mut Rng) -> Inventory {
         if rng.chance(50) {
             labels.insert("team".to_string(), rng.pick(&["red", "blue"]).to_string());
         }
-        inv.namespaces.push(Namespace { name: ns.into(), labels });
+        inv.namespaces.push(Namespace {
+            name: ns.into(),
+            labels,
+        });
     }
     for (ni, ns) in NAMESPACES.iter().enumerate() {
         for (pi, pod) in PODS.iter().enumerate() {
@@ -61,15 +71,29 @@ fn inventory(rng: &mut Rng) -> Inventory {
                 ips.push(format!("fd00::{ni}:{}", pi + 1).parse().unwrap());
             }
             let mut ports = Vec::new();
-            for (port, proto) in [(80, "TCP"), (81, "TCP"), (80, "UDP"), (81, "UDP"), (80, "SCTP")] {
+            for (port, proto) in [
+                (80, "TCP"),
+                (81, "TCP"),
+                (80, "UDP"),
+                (81, "UDP"),
+                (80, "SCTP"),
+            ] {
                 if rng.chance(60) {
-                    ports.push(NamedPort { name: format!("serve-{port}-{}", proto.to_lowercase()), port, protocol: proto.into() });
+                    ports.push(NamedPort {
+                        name: format!("serve-{port}-{}", proto.to_lowercase()),
+                        port,
+                        protocol: proto.into(),
+                    });
                 }
             }
             if rng.chance(20) {
                 // Same name, different number: named ports resolve per destination.
                 ports.retain(|p| p.name != "serve-80-tcp");
-                ports.push(NamedPort { name: "serve-80-tcp".into(), port: 81, protocol: "TCP".into() });
+                ports.push(NamedPort {
+                    name: "serve-80-tcp".into(),
+                    port: 81,
+                    protocol: "TCP".into(),
+                });
             }
             inv.workloads.push(Workload {
                 namespace: ns.to_string(),
@@ -89,15 +113,23 @@ fn selector(rng: &mut Rng, key: &str, values: &[&str]) -> Value {
     match rng.below(7) {
         0 => json!({}),
         1 | 2 => json!({"matchLabels": {key: rng.pick(values)}}),
-        3 => json!({"matchExpressions": [{"key": key, "operator": "In", "values": [rng.pick(values), rng.pick(values)]}]}),
-        4 => json!({"matchExpressions": [{"key": key, "operator": "NotIn", "values": [rng.pick(values)]}]}),
+        3 => {
+            json!({"matchExpressions": [{"key": key, "operator": "In", "values": [rng.pick(values), rng.pick(values)]}]})
+        }
+        4 => {
+            json!({"matchExpressions": [{"key": key, "operator": "NotIn", "values": [rng.pick(values)]}]})
+        }
         5 => json!({"matchExpressions": [{"key": key, "operator": "Exists"}]}),
         _ => json!({"matchExpressions": [{"key": key, "operator": "DoesNotExist"}]}),
     }
 }
 
 fn pod_selector(rng: &mut Rng) -> Value {
-    if rng.chance(50) { selector(rng, "pod", &PODS) } else { selector(rng, "tier", &["fe", "be"]) }
+    if rng.chance(50) {
+        selector(rng, "pod", &PODS)
+    } else {
+        selector(rng, "tier", &["fe", "be"])
+    }
 }
 
 fn ns_selector(rng: &mut Rng) -> Value {
@@ -175,7 +207,11 @@ fn netpol(rng: &mut Rng, name: &str) -> Value {
         }
     }
     if rng.chance(30) {
-        let types = rng.pick(&[json!(["Ingress"]), json!(["Egress"]), json!(["Ingress", "Egress"])]);
+        let types = rng.pick(&[
+            json!(["Ingress"]),
+            json!(["Egress"]),
+            json!(["Ingress", "Egress"]),
+        ]);
         spec.insert("policyTypes".into(), types);
     }
     json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": name, "namespace": ns}, "spec": spec})
@@ -224,7 +260,11 @@ fn crd_rules(rng: &mut Rng, peer_field: &str, cluster: bool, admin: bool) -> Val
 }
 
 fn crd(rng: &mut Rng, name: &str, cluster: bool) -> Value {
-    let tier = if cluster { rng.pick(&["Admin", "Baseline"]) } else { "" };
+    let tier = if cluster {
+        rng.pick(&["Admin", "Baseline"])
+    } else {
+        ""
+    };
     let mut spec = serde_json::Map::new();
     spec.insert("priority".into(), json!(rng.pick(&[1, 5, 5, 10])));
     if rng.chance(20) {
@@ -243,7 +283,10 @@ fn crd(rng: &mut Rng, name: &str, cluster: bool) -> Value {
     spec.insert("subject".into(), Value::Object(subject));
     for (dir, peer_field) in [("ingress", "from"), ("egress", "to")] {
         if rng.chance(60) {
-            spec.insert(dir.into(), crd_rules(rng, peer_field, cluster, tier == "Admin"));
+            spec.insert(
+                dir.into(),
+                crd_rules(rng, peer_field, cluster, tier == "Admin"),
+            );
         }
     }
     if cluster {
@@ -272,8 +315,18 @@ fn policies(rng: &mut Rng) -> String {
 }
 
 fn endpoints(inv: &Inventory) -> Vec<Endpoint> {
-    let mut out: Vec<Endpoint> = inv.workloads.iter().map(|w| Endpoint::Workload(w.reference())).collect();
-    for ip in ["192.0.2.7", "10.0.1.2", "10.9.9.9", "2001:db8::1", "fd00::1:2"] {
+    let mut out: Vec<Endpoint> = inv
+        .workloads
+        .iter()
+        .map(|w| Endpoint::Workload(w.reference()))
+        .collect();
+    for ip in [
+        "192.0.2.7",
+        "10.0.1.2",
+        "10.9.9.9",
+        "2001:db8::1",
+        "fd00::1:2",
+    ] {
         out.push(Endpoint::Ip(ip.parse().unwrap()));
     }
     if let Some(w) = inv.workloads.last() {
@@ -286,7 +339,8 @@ fn check(seed: u64) -> Result<(), TestCaseError> {
     let mut rng = Rng(seed | 1);
     let inv = inventory(&mut rng);
     let text = policies(&mut rng);
-    let objects = load::parse_documents("gen.yaml", &text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+    let objects = load::parse_documents("gen.yaml", &text)
+        .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
     let set = PolicySet::from_objects(objects.into_iter().map(|o| ("gen.yaml".to_string(), o)))
         .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
     let at: Timestamp = rng.pick(&TIMES).parse().unwrap();
@@ -295,12 +349,31 @@ fn check(seed: u64) -> Result<(), TestCaseError> {
     let eps = endpoints(&inv);
     for src in &eps {
         for dst in &eps {
-            for protocol in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp, Protocol::Other] {
+            for protocol in [
+                Protocol::Tcp,
+                Protocol::Udp,
+                Protocol::Sctp,
+                Protocol::Other,
+            ] {
                 for port in [80u16, 81, 82] {
-                    let flow = Flow { src: src.clone(), dst: dst.clone(), protocol, port, at };
+                    let flow = Flow {
+                        src: src.clone(),
+                        dst: dst.clone(),
+                        protocol,
+                        port,
+                        at,
+                    };
                     let got = SpecDecision::from(&evaluate(&state, &flow));
                     let want = spec::evaluate(&set, &inv, &flow);
-                    prop_assert_eq!(&got, &want, "seed {} flow {:?}\npolicies:\n{}\ninventory: {:?}", seed, flow, text, inv);
+                    prop_assert_eq!(
+                        &got,
+                        &want,
+                        "seed {} flow {:?}\npolicies:\n{}\ninventory: {:?}",
+                        seed,
+                        flow,
+                        text,
+                        inv
+                    );
                 }
             }
         }

@@ -29,11 +29,20 @@ spec:
 "#,
     );
     let d = decide(&set, wl("x", "a"), wl("x", "b"), Protocol::Tcp, 80);
-    assert_eq!((d.verdict, d.ingress.reason), (Verdict::Allow, Reason::AllowedByRule));
+    assert_eq!(
+        (d.verdict, d.ingress.reason),
+        (Verdict::Allow, Reason::AllowedByRule)
+    );
     assert_eq!(d.ingress.rule.unwrap().name, "q");
     let d = decide(&set, wl("y", "c"), wl("x", "b"), Protocol::Tcp, 80);
-    assert_eq!((d.verdict, d.ingress.reason), (Verdict::Deny, Reason::DeniedByRule));
-    assert_eq!(d.ingress.rule.unwrap().rule_name.as_deref(), Some("deny-all"));
+    assert_eq!(
+        (d.verdict, d.ingress.reason),
+        (Verdict::Deny, Reason::DeniedByRule)
+    );
+    assert_eq!(
+        d.ingress.rule.unwrap().rule_name.as_deref(),
+        Some("deny-all")
+    );
 }
 
 #[test]
@@ -56,9 +65,15 @@ spec:
 "#,
     );
     let d = decide(&set, wl("y", "c"), wl("x", "a"), Protocol::Tcp, 80);
-    assert_eq!((d.verdict, d.ingress.rule.unwrap().name.as_str()), (Verdict::Deny, "deny"));
+    assert_eq!(
+        (d.verdict, d.ingress.rule.unwrap().name.as_str()),
+        (Verdict::Deny, "deny")
+    );
     let d = decide(&set, wl("y", "c"), wl("x", "a"), Protocol::Tcp, 81);
-    assert_eq!((d.verdict, d.ingress.rule.unwrap().name.as_str()), (Verdict::Allow, "allow"));
+    assert_eq!(
+        (d.verdict, d.ingress.rule.unwrap().name.as_str()),
+        (Verdict::Allow, "allow")
+    );
 }
 
 #[test]
@@ -96,17 +111,26 @@ spec:
     );
     // x/a -> x/b: admin passes, the NetworkPolicy allows.
     let d = decide(&set, wl("x", "a"), wl("x", "b"), Protocol::Tcp, 80);
-    assert_eq!((d.verdict, d.ingress.rule.unwrap().kind), (Verdict::Allow, Kind::NetworkPolicy));
+    assert_eq!(
+        (d.verdict, d.ingress.rule.unwrap().kind),
+        (Verdict::Allow, Kind::NetworkPolicy)
+    );
     // x/b -> x/a: admin passes, x/a is not isolated, baseline denies.
     let d = decide(&set, wl("x", "b"), wl("x", "a"), Protocol::Tcp, 80);
-    assert_eq!((d.verdict, d.ingress.rule.unwrap().name.as_str()), (Verdict::Deny, "baseline"));
+    assert_eq!(
+        (d.verdict, d.ingress.rule.unwrap().name.as_str()),
+        (Verdict::Deny, "baseline")
+    );
     // x/b -> x/b (self): admin passes, np isolates and does not admit b: default deny.
     let d = decide(&set, wl("x", "b"), wl("x", "b"), Protocol::Tcp, 80);
     assert_eq!(d.ingress.reason, Reason::DefaultDeny);
     assert_eq!(d.ingress.rule.unwrap().index, None);
     // y/c -> x/b: the pass does not match; the next admin policy denies.
     let d = decide(&set, wl("y", "c"), wl("x", "b"), Protocol::Tcp, 80);
-    assert_eq!((d.ingress.rule.unwrap().name.as_str(), d.ingress.reason), ("admin-deny", Reason::DeniedByRule));
+    assert_eq!(
+        (d.ingress.rule.unwrap().name.as_str(), d.ingress.reason),
+        ("admin-deny", Reason::DeniedByRule)
+    );
 }
 
 #[test]
@@ -123,10 +147,16 @@ spec:
 "#,
     );
     let d = decide(&set, wl("y", "c"), wl("x", "a"), Protocol::Tcp, 80);
-    assert_eq!((d.verdict, d.ingress.verdict, d.ingress.reason), (Verdict::Audit, Verdict::Audit, Reason::DefaultDeny));
+    assert_eq!(
+        (d.verdict, d.ingress.verdict, d.ingress.reason),
+        (Verdict::Audit, Verdict::Audit, Reason::DefaultDeny)
+    );
     assert_eq!(d.ingress.rule.unwrap().name, "trial");
     let d = decide(&set, wl("x", "b"), wl("x", "a"), Protocol::Tcp, 80);
-    assert_eq!((d.verdict, d.ingress.reason), (Verdict::Allow, Reason::NotIsolated));
+    assert_eq!(
+        (d.verdict, d.ingress.reason),
+        (Verdict::Allow, Reason::NotIsolated)
+    );
 }
 
 #[test]
@@ -147,17 +177,54 @@ spec:
     );
     let inv = inventory();
     let at = |compiled: &str, flow: &str| {
-        decide_at(&set, &inv, wl("y", "c"), wl("x", "a"), Protocol::Tcp, 80, t(compiled), t(flow)).verdict
+        decide_at(
+            &set,
+            &inv,
+            wl("y", "c"),
+            wl("x", "a"),
+            Protocol::Tcp,
+            80,
+            t(compiled),
+            t(flow),
+        )
+        .verdict
     };
-    assert_eq!(at("2026-11-27T09:59:59.999999999Z", "2026-11-27T09:59:59.999999999Z"), Verdict::Deny);
-    assert_eq!(at("2026-11-27T10:00:00Z", "2026-11-27T10:00:00Z"), Verdict::Allow);
-    assert_eq!(at("2026-11-27T17:59:59.999999999Z", "2026-11-27T17:59:59.999999999Z"), Verdict::Allow);
-    assert_eq!(at("2026-11-27T18:00:00Z", "2026-11-27T18:00:00Z"), Verdict::Deny);
+    assert_eq!(
+        at(
+            "2026-11-27T09:59:59.999999999Z",
+            "2026-11-27T09:59:59.999999999Z"
+        ),
+        Verdict::Deny
+    );
+    assert_eq!(
+        at("2026-11-27T10:00:00Z", "2026-11-27T10:00:00Z"),
+        Verdict::Allow
+    );
+    assert_eq!(
+        at(
+            "2026-11-27T17:59:59.999999999Z",
+            "2026-11-27T17:59:59.999999999Z"
+        ),
+        Verdict::Allow
+    );
+    assert_eq!(
+        at("2026-11-27T18:00:00Z", "2026-11-27T18:00:00Z"),
+        Verdict::Deny
+    );
     // The kernel stops honouring the grant at the instant, without a recompile.
     let state = compile(&set, &inv, t(NOON));
     assert_eq!(state.next_change, Some(t("2026-11-27T18:00:00Z")));
-    let flow = bulkhead_policy::Flow { src: wl("y", "c"), dst: wl("x", "a"), protocol: Protocol::Tcp, port: 80, at: t("2026-11-27T18:00:00Z") };
-    assert_eq!(bulkhead_policy::evaluate(&state, &flow).verdict, Verdict::Deny);
+    let flow = bulkhead_policy::Flow {
+        src: wl("y", "c"),
+        dst: wl("x", "a"),
+        protocol: Protocol::Tcp,
+        port: 80,
+        at: t("2026-11-27T18:00:00Z"),
+    };
+    assert_eq!(
+        bulkhead_policy::evaluate(&state, &flow).verdict,
+        Verdict::Deny
+    );
 }
 
 #[test]
@@ -173,10 +240,21 @@ spec:
 "#,
     );
     // Only x/b runs as robot: it is isolated for egress.
-    assert_eq!(decide(&set, wl("x", "b"), wl("x", "a"), Protocol::Tcp, 80).verdict, Verdict::Allow);
+    assert_eq!(
+        decide(&set, wl("x", "b"), wl("x", "a"), Protocol::Tcp, 80).verdict,
+        Verdict::Allow
+    );
     let d = decide(&set, wl("x", "b"), wl("y", "c"), Protocol::Tcp, 80);
-    assert_eq!((d.verdict, d.egress.reason), (Verdict::Deny, Reason::DefaultDeny));
-    assert_eq!(decide(&set, wl("x", "a"), wl("y", "c"), Protocol::Tcp, 80).egress.reason, Reason::NotIsolated);
+    assert_eq!(
+        (d.verdict, d.egress.reason),
+        (Verdict::Deny, Reason::DefaultDeny)
+    );
+    assert_eq!(
+        decide(&set, wl("x", "a"), wl("y", "c"), Protocol::Tcp, 80)
+            .egress
+            .reason,
+        Reason::NotIsolated
+    );
 }
 
 #[test]
@@ -202,16 +280,42 @@ spec:
     );
     // x/b (10.0.0.2) is inside 10.0.0.0/8 but the more specific /32 denies it.
     let d = decide(&set, wl("x", "a"), wl("x", "b"), Protocol::Tcp, 80);
-    assert_eq!((d.verdict, d.egress.rule.unwrap().name.as_str()), (Verdict::Deny, "deny-b"));
+    assert_eq!(
+        (d.verdict, d.egress.rule.unwrap().name.as_str()),
+        (Verdict::Deny, "deny-b")
+    );
     // y/c (10.0.1.3) is in the except: default deny.
-    assert_eq!(decide(&set, wl("x", "a"), wl("y", "c"), Protocol::Tcp, 80).egress.reason, Reason::DefaultDeny);
+    assert_eq!(
+        decide(&set, wl("x", "a"), wl("y", "c"), Protocol::Tcp, 80)
+            .egress
+            .reason,
+        Reason::DefaultDeny
+    );
     // An outside address inside the CIDR is allowed; one outside is denied.
-    assert_eq!(decide(&set, wl("x", "a"), ip("10.200.0.1"), Protocol::Tcp, 80).egress.reason, Reason::AllowedByRule);
-    assert_eq!(decide(&set, wl("x", "a"), ip("192.0.2.1"), Protocol::Tcp, 80).egress.reason, Reason::DefaultDeny);
+    assert_eq!(
+        decide(&set, wl("x", "a"), ip("10.200.0.1"), Protocol::Tcp, 80)
+            .egress
+            .reason,
+        Reason::AllowedByRule
+    );
+    assert_eq!(
+        decide(&set, wl("x", "a"), ip("192.0.2.1"), Protocol::Tcp, 80)
+            .egress
+            .reason,
+        Reason::DefaultDeny
+    );
     // The address of a workload is that workload.
-    assert_eq!(decide(&set, wl("x", "a"), ip("10.0.0.2"), Protocol::Tcp, 80).verdict, Verdict::Deny);
+    assert_eq!(
+        decide(&set, wl("x", "a"), ip("10.0.0.2"), Protocol::Tcp, 80).verdict,
+        Verdict::Deny
+    );
     // An IPv6 destination is not inside an IPv4 CIDR.
-    assert_eq!(decide(&set, wl("x", "a"), ip("fd00::9"), Protocol::Tcp, 80).egress.reason, Reason::DefaultDeny);
+    assert_eq!(
+        decide(&set, wl("x", "a"), ip("fd00::9"), Protocol::Tcp, 80)
+            .egress
+            .reason,
+        Reason::DefaultDeny
+    );
 }
 
 #[test]
@@ -229,17 +333,62 @@ spec:
 "#,
     );
     // Ingress at x/a: http = 8080/TCP; at x/b: 9090/TCP.
-    assert_eq!(decide(&set, ip("192.0.2.1"), wl("x", "a"), Protocol::Tcp, 8080).ingress.reason, Reason::AllowedByRule);
-    assert_eq!(decide(&set, ip("192.0.2.1"), wl("x", "a"), Protocol::Tcp, 9090).ingress.reason, Reason::DefaultDeny);
-    assert_eq!(decide(&set, ip("192.0.2.1"), wl("x", "b"), Protocol::Tcp, 9090).ingress.reason, Reason::AllowedByRule);
-    assert_eq!(decide(&set, ip("192.0.2.1"), wl("x", "a"), Protocol::Udp, 8080).ingress.reason, Reason::DefaultDeny);
+    assert_eq!(
+        decide(&set, ip("192.0.2.1"), wl("x", "a"), Protocol::Tcp, 8080)
+            .ingress
+            .reason,
+        Reason::AllowedByRule
+    );
+    assert_eq!(
+        decide(&set, ip("192.0.2.1"), wl("x", "a"), Protocol::Tcp, 9090)
+            .ingress
+            .reason,
+        Reason::DefaultDeny
+    );
+    assert_eq!(
+        decide(&set, ip("192.0.2.1"), wl("x", "b"), Protocol::Tcp, 9090)
+            .ingress
+            .reason,
+        Reason::AllowedByRule
+    );
+    assert_eq!(
+        decide(&set, ip("192.0.2.1"), wl("x", "a"), Protocol::Udp, 8080)
+            .ingress
+            .reason,
+        Reason::DefaultDeny
+    );
     // Egress from x/b: named ports resolve on the destination.
-    assert_eq!(decide(&set, wl("x", "b"), wl("x", "a"), Protocol::Tcp, 8080).egress.reason, Reason::AllowedByRule);
-    assert_eq!(decide(&set, wl("x", "b"), wl("x", "a"), Protocol::Udp, 53).egress.reason, Reason::AllowedByRule);
-    assert_eq!(decide(&set, wl("x", "b"), wl("x", "a"), Protocol::Tcp, 53).egress.reason, Reason::DefaultDeny);
-    assert_eq!(decide(&set, wl("x", "a"), wl("y", "c"), Protocol::Tcp, 8080).egress.reason, Reason::DefaultDeny);
+    assert_eq!(
+        decide(&set, wl("x", "b"), wl("x", "a"), Protocol::Tcp, 8080)
+            .egress
+            .reason,
+        Reason::AllowedByRule
+    );
+    assert_eq!(
+        decide(&set, wl("x", "b"), wl("x", "a"), Protocol::Udp, 53)
+            .egress
+            .reason,
+        Reason::AllowedByRule
+    );
+    assert_eq!(
+        decide(&set, wl("x", "b"), wl("x", "a"), Protocol::Tcp, 53)
+            .egress
+            .reason,
+        Reason::DefaultDeny
+    );
+    assert_eq!(
+        decide(&set, wl("x", "a"), wl("y", "c"), Protocol::Tcp, 8080)
+            .egress
+            .reason,
+        Reason::DefaultDeny
+    );
     // An address outside the inventory has no named ports.
-    assert_eq!(decide(&set, wl("x", "a"), ip("192.0.2.1"), Protocol::Tcp, 8080).egress.reason, Reason::DefaultDeny);
+    assert_eq!(
+        decide(&set, wl("x", "a"), ip("192.0.2.1"), Protocol::Tcp, 8080)
+            .egress
+            .reason,
+        Reason::DefaultDeny
+    );
 }
 
 #[test]
@@ -254,10 +403,33 @@ spec:
   ingress: [{ports: [{protocol: SCTP, port: 8080, endPort: 8090}]}]
 "#,
     );
-    let r = |port| decide(&set, wl("x", "a"), wl("y", "c"), Protocol::Sctp, port).ingress.reason;
-    assert_eq!((r(8079), r(8080), r(8085), r(8090), r(8091)), (Reason::DefaultDeny, Reason::AllowedByRule, Reason::AllowedByRule, Reason::AllowedByRule, Reason::DefaultDeny));
-    assert_eq!(decide(&set, wl("x", "a"), wl("y", "c"), Protocol::Tcp, 8080).ingress.reason, Reason::DefaultDeny);
-    assert_eq!(decide(&set, wl("x", "a"), wl("y", "c"), Protocol::Other, 0).ingress.reason, Reason::DefaultDeny);
+    let r = |port| {
+        decide(&set, wl("x", "a"), wl("y", "c"), Protocol::Sctp, port)
+            .ingress
+            .reason
+    };
+    assert_eq!(
+        (r(8079), r(8080), r(8085), r(8090), r(8091)),
+        (
+            Reason::DefaultDeny,
+            Reason::AllowedByRule,
+            Reason::AllowedByRule,
+            Reason::AllowedByRule,
+            Reason::DefaultDeny
+        )
+    );
+    assert_eq!(
+        decide(&set, wl("x", "a"), wl("y", "c"), Protocol::Tcp, 8080)
+            .ingress
+            .reason,
+        Reason::DefaultDeny
+    );
+    assert_eq!(
+        decide(&set, wl("x", "a"), wl("y", "c"), Protocol::Other, 0)
+            .ingress
+            .reason,
+        Reason::DefaultDeny
+    );
 }
 
 #[test]
@@ -280,10 +452,23 @@ spec:
     );
     let d = decide(&set, wl("x", "a"), wl("y", "c"), Protocol::Tcp, 80);
     assert_eq!(d.egress.reason, Reason::NotIsolated);
-    assert_eq!(decide(&set, wl("y", "c"), wl("x", "a"), Protocol::Tcp, 80).ingress.reason, Reason::DefaultDeny);
+    assert_eq!(
+        decide(&set, wl("y", "c"), wl("x", "a"), Protocol::Tcp, 80)
+            .ingress
+            .reason,
+        Reason::DefaultDeny
+    );
     let d = decide(&set, wl("x", "b"), wl("y", "c"), Protocol::Udp, 53);
-    assert_eq!((d.egress.reason, d.egress.rule.unwrap().name.as_str()), (Reason::DefaultDeny, "both"));
-    assert_eq!(decide(&set, wl("y", "c"), wl("x", "b"), Protocol::Tcp, 80).ingress.reason, Reason::DefaultDeny);
+    assert_eq!(
+        (d.egress.reason, d.egress.rule.unwrap().name.as_str()),
+        (Reason::DefaultDeny, "both")
+    );
+    assert_eq!(
+        decide(&set, wl("y", "c"), wl("x", "b"), Protocol::Tcp, 80)
+            .ingress
+            .reason,
+        Reason::DefaultDeny
+    );
     // Egress-only policyTypes ignore ingress rules and do not isolate ingress.
     let set = policies(
         r#"
@@ -296,8 +481,18 @@ spec:
   ingress: [{ports: [{port: 1}]}]
 "#,
     );
-    assert_eq!(decide(&set, wl("y", "c"), wl("x", "a"), Protocol::Tcp, 80).ingress.reason, Reason::NotIsolated);
-    assert_eq!(decide(&set, wl("x", "a"), wl("y", "c"), Protocol::Tcp, 80).egress.reason, Reason::DefaultDeny);
+    assert_eq!(
+        decide(&set, wl("y", "c"), wl("x", "a"), Protocol::Tcp, 80)
+            .ingress
+            .reason,
+        Reason::NotIsolated
+    );
+    assert_eq!(
+        decide(&set, wl("x", "a"), wl("y", "c"), Protocol::Tcp, 80)
+            .egress
+            .reason,
+        Reason::DefaultDeny
+    );
 }
 
 #[test]
@@ -315,13 +510,29 @@ spec: {podSelector: {}, ingress: [{ports: [{port: 80}]}]}
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{port: 81}]}]}\n",
     )
     .unwrap();
-    set.apply("edit.yaml", replacement.into_iter().next().unwrap()).unwrap();
+    set.apply("edit.yaml", replacement.into_iter().next().unwrap())
+        .unwrap();
     assert_eq!(set.len(), 1);
-    assert_eq!(decide(&set, wl("y", "c"), wl("x", "a"), Protocol::Tcp, 80).verdict, Verdict::Deny);
-    assert_eq!(decide(&set, wl("y", "c"), wl("x", "a"), Protocol::Tcp, 81).verdict, Verdict::Allow);
-    let key = ObjectKey { kind: Kind::NetworkPolicy, namespace: Some("x".into()), name: "np".into() };
+    assert_eq!(
+        decide(&set, wl("y", "c"), wl("x", "a"), Protocol::Tcp, 80).verdict,
+        Verdict::Deny
+    );
+    assert_eq!(
+        decide(&set, wl("y", "c"), wl("x", "a"), Protocol::Tcp, 81).verdict,
+        Verdict::Allow
+    );
+    let key = ObjectKey {
+        kind: Kind::NetworkPolicy,
+        namespace: Some("x".into()),
+        name: "np".into(),
+    };
     assert!(set.remove(&key).is_some());
-    assert_eq!(decide(&set, wl("y", "c"), wl("x", "a"), Protocol::Tcp, 80).ingress.reason, Reason::NotIsolated);
+    assert_eq!(
+        decide(&set, wl("y", "c"), wl("x", "a"), Protocol::Tcp, 80)
+            .ingress
+            .reason,
+        Reason::NotIsolated
+    );
 }
 
 #[test]
@@ -338,13 +549,43 @@ spec:
     );
     let mut inv = inventory();
     let noon = t(NOON);
-    let d = decide_at(&set, &inv, wl("y", "c"), wl("x", "a"), Protocol::Tcp, 80, noon, noon);
+    let d = decide_at(
+        &set,
+        &inv,
+        wl("y", "c"),
+        wl("x", "a"),
+        Protocol::Tcp,
+        80,
+        noon,
+        noon,
+    );
     assert_eq!(d.verdict, Verdict::Deny);
     assert!(inv.set_namespace_labels("y", [("team".to_string(), "blue".to_string())].into()));
-    let d = decide_at(&set, &inv, wl("y", "c"), wl("x", "a"), Protocol::Tcp, 80, noon, noon);
+    let d = decide_at(
+        &set,
+        &inv,
+        wl("y", "c"),
+        wl("x", "a"),
+        Protocol::Tcp,
+        80,
+        noon,
+        noon,
+    );
     assert_eq!(d.verdict, Verdict::Allow);
-    assert!(inv.set_workload_labels(&bulkhead_policy::WorkloadRef::new("x", "a"), Default::default()));
-    let d = decide_at(&set, &inv, wl("x", "b"), wl("x", "a"), Protocol::Tcp, 80, noon, noon);
+    assert!(inv.set_workload_labels(
+        &bulkhead_policy::WorkloadRef::new("x", "a"),
+        Default::default()
+    ));
+    let d = decide_at(
+        &set,
+        &inv,
+        wl("x", "b"),
+        wl("x", "a"),
+        Protocol::Tcp,
+        80,
+        noon,
+        noon,
+    );
     assert_eq!(d.ingress.reason, Reason::NotIsolated);
 }
 
@@ -369,10 +610,14 @@ spec:
     assert_eq!(c1.table(), c2.table());
     // Relabel x/b: its new label set gets a new number; everyone else keeps theirs.
     let mut inv2 = inv.clone();
-    inv2.set_workload_labels(&bulkhead_policy::WorkloadRef::new("x", "b"), [("pod".to_string(), "zz".to_string())].into());
+    inv2.set_workload_labels(
+        &bulkhead_policy::WorkloadRef::new("x", "b"),
+        [("pod".to_string(), "zz".to_string())].into(),
+    );
     let s3 = c1.compile(&set, &inv2, t(NOON)).unwrap();
-    for w in ["a"] {
-        let r = bulkhead_policy::WorkloadRef::new("x", w);
+    for w in ["a", "c"] {
+        let ns = if w == "a" { "x" } else { "y" };
+        let r = bulkhead_policy::WorkloadRef::new(ns, w);
         assert_eq!(s1.workloads[&r].identity, s3.workloads[&r].identity);
     }
     let r = bulkhead_policy::WorkloadRef::new("x", "b");
@@ -401,6 +646,14 @@ spec:
   ingress: [{action: Pass}, {action: Deny, ports: [{port: 22}]}]
 "#,
     );
-    assert_eq!(decide(&set, wl("y", "c"), wl("x", "a"), Protocol::Tcp, 22).verdict, Verdict::Deny);
-    assert_eq!(decide(&set, wl("y", "c"), wl("x", "a"), Protocol::Tcp, 80).ingress.reason, Reason::NotIsolated);
+    assert_eq!(
+        decide(&set, wl("y", "c"), wl("x", "a"), Protocol::Tcp, 22).verdict,
+        Verdict::Deny
+    );
+    assert_eq!(
+        decide(&set, wl("y", "c"), wl("x", "a"), Protocol::Tcp, 80)
+            .ingress
+            .reason,
+        Reason::NotIsolated
+    );
 }

@@ -21,7 +21,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use enforcer_common::{
-    DefaultKey, PROTO_OTHER, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue, identity::ANY,
+    DefaultKey, PROTO_OTHER, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PolicyKey, PolicyValue,
+    identity::ANY,
 };
 use ipnet::IpNet;
 use jiff::Timestamp;
@@ -35,8 +36,8 @@ use crate::validate::parse_protocol;
 use crate::{Error, PolicySet};
 
 pub(crate) use resolve::nanos;
-pub(crate) use universe::mapped_v4_range;
 use resolve::{CRule, Isolation};
+pub(crate) use universe::mapped_v4_range;
 use universe::{PeerKind, Universe};
 
 /// A policy trie entry's key: the [`PolicyKey`] and its prefix length (80..=96 bits).
@@ -116,7 +117,12 @@ impl Compiler {
     }
 
     /// Compiles `policies` over `inventory`, resolved at instant `at`.
-    pub fn compile(&mut self, policies: &PolicySet, inventory: &Inventory, at: Timestamp) -> Result<CompiledState, Error> {
+    pub fn compile(
+        &mut self,
+        policies: &PolicySet,
+        inventory: &Inventory,
+        at: Timestamp,
+    ) -> Result<CompiledState, Error> {
         let lowered: Vec<Arc<ir::Policy>> = policies.lowered().cloned().collect();
         let mut uni = Universe::build(&lowered, inventory, &mut self.table)?;
         let mut state = CompiledState {
@@ -127,17 +133,29 @@ impl Compiler {
         for (r, (ls, ips, cgroup)) in &uni.workloads {
             state.workloads.insert(
                 r.clone(),
-                CompiledWorkload { identity: uni.ls_ids[*ls], cgroup: cgroup.clone(), ips: ips.clone() },
+                CompiledWorkload {
+                    identity: uni.ls_ids[*ls],
+                    cgroup: cgroup.clone(),
+                    ips: ips.clone(),
+                },
             );
         }
         // Rule ids, with collision detection.
         for p in &lowered {
-            let refs = p.rules.iter().map(|r| (r.rule_id, &r.rule)).chain(p.isolates.iter().flatten().map(|(r, id)| (*id, r)));
+            let refs = p
+                .rules
+                .iter()
+                .map(|r| (r.rule_id, &r.rule))
+                .chain(p.isolates.iter().flatten().map(|(r, id)| (*id, r)));
             for (id, r) in refs {
                 if let Some(prev) = state.rules.get(&id)
                     && prev != r
                 {
-                    return Err(Error::RuleIdCollision { id, first: prev.to_string(), second: r.to_string() });
+                    return Err(Error::RuleIdCollision {
+                        id,
+                        first: prev.to_string(),
+                        second: r.to_string(),
+                    });
                 }
                 state.rules.insert(id, r.clone());
             }
@@ -169,11 +187,17 @@ impl Compiler {
 /// Port intervals of `rule` for protocol `proto`, named ports resolved on `dst` (the
 /// destination's named ports; None: no workload, named ports match nothing).
 fn rule_intervals(rule: &ir::Rule, proto: u8, dst: Option<&[NamedPort]>) -> Vec<(u16, u16)> {
-    let Some(ports) = &rule.ports else { return vec![(0, u16::MAX)] };
+    let Some(ports) = &rule.ports else {
+        return vec![(0, u16::MAX)];
+    };
     let mut out = Vec::new();
     for p in ports {
         match p {
-            Port::Range { protocol, start, end } if *protocol == proto => out.push((*start, *end)),
+            Port::Range {
+                protocol,
+                start,
+                end,
+            } if *protocol == proto => out.push((*start, *end)),
             Port::Named { protocol, name } if *protocol == proto => {
                 for np in dst.into_iter().flatten() {
                     if np.name == *name && parse_protocol(&np.protocol) == Some(proto) {
@@ -188,8 +212,17 @@ fn rule_intervals(rule: &ir::Rule, proto: u8, dst: Option<&[NamedPort]>) -> Vec<
 }
 
 /// Resolves the port space of one protocol for the rules matching one peer.
-fn segments(rules: &[&CRule<'_>], proto: u8, dst: Option<&[NamedPort]>, iso: Isolation, at: Timestamp) -> Segments {
-    let ivs: Vec<Vec<(u16, u16)>> = rules.iter().map(|r| rule_intervals(r.rule, proto, dst)).collect();
+fn segments(
+    rules: &[&CRule<'_>],
+    proto: u8,
+    dst: Option<&[NamedPort]>,
+    iso: Isolation,
+    at: Timestamp,
+) -> Segments {
+    let ivs: Vec<Vec<(u16, u16)>> = rules
+        .iter()
+        .map(|r| rule_intervals(r.rule, proto, dst))
+        .collect();
     let mut cuts: Vec<u32> = vec![0, 65536];
     for iv in ivs.iter().flatten() {
         cuts.push(u32::from(iv.0));
@@ -225,7 +258,9 @@ fn diff(spec: &Segments, base: &Segments) -> Segments {
         let e = u32::from(spec[i].1.min(base[j].1));
         if spec[i].2 != base[j].2 {
             match out.last_mut() {
-                Some(last) if last.2 == spec[i].2 && u32::from(last.1) + 1 == s => last.1 = e as u16,
+                Some(last) if last.2 == spec[i].2 && u32::from(last.1) + 1 == s => {
+                    last.1 = e as u16
+                }
                 _ => out.push((s as u16, e as u16, spec[i].2)),
             }
         }
@@ -243,7 +278,13 @@ fn diff(spec: &Segments, base: &Segments) -> Segments {
 fn emit(state: &mut CompiledState, local: u32, peer: u32, dir: u8, proto: u8, segs: &Segments) {
     for (s, e, v) in segs {
         for (start, prefix_len) in ports::blocks(*s, *e) {
-            let key = PolicyKey { local_identity: local, peer_identity: peer, direction: dir, protocol: proto, port_be: start.to_be_bytes() };
+            let key = PolicyKey {
+                local_identity: local,
+                peer_identity: peer,
+                direction: dir,
+                protocol: proto,
+                port_be: start.to_be_bytes(),
+            };
             state.policy.insert(PolicyEntryKey { key, prefix_len }, *v);
         }
     }
@@ -292,7 +333,14 @@ fn compile_local(
     let raw_dir = dir.to_raw();
     let default = resolve::default_value(iso);
     if default != resolve::not_isolated() {
-        state.defaults.insert(DefaultKey { local_identity: local, direction: raw_dir, _pad: [0; 3] }, default);
+        state.defaults.insert(
+            DefaultKey {
+                local_identity: local,
+                direction: raw_dir,
+                _pad: [0; 3],
+            },
+            default,
+        );
     }
     let local_ports = uni.label_sets[ls].ports.clone();
     // Destination named ports for a peer: ingress -> the local workload; egress -> the peer's.
@@ -314,9 +362,20 @@ fn compile_local(
         any_segs.push(segs);
     }
     // Specific peers.
-    let mut peers: Vec<u32> = rules.iter().filter_map(|r| r.peers.as_ref()).flat_map(|p| p.iter().copied()).collect();
+    let mut peers: Vec<u32> = rules
+        .iter()
+        .filter_map(|r| r.peers.as_ref())
+        .flat_map(|p| p.iter().copied())
+        .collect();
     let named_any = dir == Direction::Egress
-        && rules.iter().any(|r| r.peers.is_none() && r.rule.ports.iter().flatten().any(|p| matches!(p, Port::Named { .. })));
+        && rules.iter().any(|r| {
+            r.peers.is_none()
+                && r.rule
+                    .ports
+                    .iter()
+                    .flatten()
+                    .any(|p| matches!(p, Port::Named { .. }))
+        });
     if named_any {
         peers.extend(uni.ls_ids.iter().copied());
         peers.extend(uni.composites.iter().map(|c| c.2));
@@ -325,12 +384,21 @@ fn compile_local(
     peers.dedup();
     let mut cache: HashMap<(Vec<usize>, Option<usize>), Vec<Segments>> = HashMap::new();
     for peer in peers {
-        let matching: Vec<usize> = (0..rules.len()).filter(|&i| rules[i].matches_peer(peer)).collect();
+        let matching: Vec<usize> = (0..rules.len())
+            .filter(|&i| rules[i].matches_peer(peer))
+            .collect();
         let dst_ls = match dir {
             Direction::Ingress => None,
             Direction::Egress => peer_ls(peer),
         };
-        let has_named = matching.iter().any(|&i| rules[i].rule.ports.iter().flatten().any(|p| matches!(p, Port::Named { .. })));
+        let has_named = matching.iter().any(|&i| {
+            rules[i]
+                .rule
+                .ports
+                .iter()
+                .flatten()
+                .any(|p| matches!(p, Port::Named { .. }))
+        });
         let sig = (matching, if has_named { dst_ls } else { None });
         let diffs = cache.entry(sig).or_insert_with_key(|(matching, _)| {
             let m: Vec<&CRule<'_>> = matching.iter().map(|&i| &rules[i]).collect();

@@ -10,7 +10,11 @@ pub(crate) fn blocks(start: u16, end: u16) -> Vec<(u16, u32)> {
     let e = u32::from(end);
     while s <= e {
         // Largest block aligned at s that fits in [s, e].
-        let mut size_bits = if s == 0 { 16 } else { s.trailing_zeros().min(16) };
+        let mut size_bits = if s == 0 {
+            16
+        } else {
+            s.trailing_zeros().min(16)
+        };
         while s + (1u32 << size_bits) - 1 > e {
             size_bits -= 1;
         }

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use enforcer_common::{
-    PolicyValue, REASON_ALLOWED_BY_RULE, REASON_DEFAULT_DENY, REASON_DENIED_BY_RULE, REASON_NOT_ISOLATED,
-    RULE_NONE, TIME_UNBOUNDED_END, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
+    PolicyValue, REASON_ALLOWED_BY_RULE, REASON_DEFAULT_DENY, REASON_DENIED_BY_RULE,
+    REASON_NOT_ISOLATED, RULE_NONE, TIME_UNBOUNDED_END, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
 };
 use jiff::Timestamp;
 
@@ -100,7 +100,11 @@ pub(crate) fn resolve(rules: &[&CRule<'_>], iso: Isolation, at: Timestamp) -> Po
         actual
     } else {
         let hypo = decide(rules, iso.hypothetical, true);
-        if hypo.0 == VERDICT_DENY { (VERDICT_AUDIT, hypo.1, hypo.2) } else { actual }
+        if hypo.0 == VERDICT_DENY {
+            (VERDICT_AUDIT, hypo.1, hypo.2)
+        } else {
+            actual
+        }
     };
     let at_ns = nanos(at);
     let mut lo = 0u64;
@@ -115,7 +119,14 @@ pub(crate) fn resolve(rules: &[&CRule<'_>], iso: Isolation, at: Timestamp) -> Po
             }
         }
     }
-    PolicyValue { verdict, reason, _pad: [0; 2], rule_id, not_before: lo, expires_at: hi }
+    PolicyValue {
+        verdict,
+        reason,
+        _pad: [0; 2],
+        rule_id,
+        not_before: lo,
+        expires_at: hi,
+    }
 }
 
 /// The value with no covering rule: default deny when isolated, else not isolated.

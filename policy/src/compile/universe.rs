@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use crate::identity::{AllocationTable, IdentityInfo, LabelSet, addr_bytes, cidr_key, composite_key, net_bytes};
+use crate::identity::{
+    AllocationTable, IdentityInfo, LabelSet, addr_bytes, cidr_key, composite_key, net_bytes,
+};
 use crate::ir;
 use crate::model::{Inventory, WorkloadRef};
 use crate::selector::{canonical, matches};
@@ -63,14 +65,20 @@ impl Universe {
         let mut workloads = BTreeMap::new();
         let mut ns_labels: HashMap<&str, BTreeMap<String, String>> = HashMap::new();
         for ns in &inventory.namespaces {
-            ns_labels.insert(&ns.name, inventory.namespace_labels(&ns.name).unwrap_or_default());
+            ns_labels.insert(
+                &ns.name,
+                inventory.namespace_labels(&ns.name).unwrap_or_default(),
+            );
         }
         for w in &inventory.workloads {
             let mut ports = w.ports.clone();
             ports.sort();
             let ls = LabelSet {
                 namespace: w.namespace.clone(),
-                namespace_labels: ns_labels.get(w.namespace.as_str()).cloned().unwrap_or_default(),
+                namespace_labels: ns_labels
+                    .get(w.namespace.as_str())
+                    .cloned()
+                    .unwrap_or_default(),
                 labels: w.labels.clone(),
                 service_account: w.service_account.clone(),
                 ports,
@@ -99,7 +107,9 @@ impl Universe {
         for (idx, ips, _) in workloads.values() {
             for ip in ips {
                 if let Some(ci) = most_specific(&cidrs, *ip) {
-                    composite_keys.entry((*idx, ci)).or_insert_with(|| composite_key(&cidrs[ci], &keys_of[*idx]));
+                    composite_keys
+                        .entry((*idx, ci))
+                        .or_insert_with(|| composite_key(&cidrs[ci], &keys_of[*idx]));
                 }
             }
         }
@@ -143,7 +153,13 @@ impl Universe {
         }
         if v6_covers_v4 && !v4_default {
             // An IPv6 CIDR never matches IPv4 addresses: shadow it for the mapped range.
-            addresses.insert(AddrPrefix { addr: addr_bytes(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)), prefix_len: 96 }, identity::reserved()[2].0);
+            addresses.insert(
+                AddrPrefix {
+                    addr: addr_bytes(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+                    prefix_len: 96,
+                },
+                identity::reserved()[2].0,
+            );
         }
         for (idx, ips, _) in workloads.values() {
             for ip in ips {
@@ -151,7 +167,13 @@ impl Universe {
                     Some(ci) => comp_index[&(*idx, ci)],
                     None => ls_ids[*idx],
                 };
-                addresses.insert(AddrPrefix { addr: addr_bytes(*ip), prefix_len: 128 }, v);
+                addresses.insert(
+                    AddrPrefix {
+                        addr: addr_bytes(*ip),
+                        prefix_len: 128,
+                    },
+                    v,
+                );
             }
         }
         Ok(Universe {
@@ -174,7 +196,14 @@ impl Universe {
     pub fn infos(&self) -> BTreeMap<u32, IdentityInfo> {
         let mut out: BTreeMap<u32, IdentityInfo> = identity::reserved()
             .into_iter()
-            .map(|(n, name)| (n, IdentityInfo::Reserved { name: name.to_owned() }))
+            .map(|(n, name)| {
+                (
+                    n,
+                    IdentityInfo::Reserved {
+                        name: name.to_owned(),
+                    },
+                )
+            })
             .collect();
         for (i, ls) in self.label_sets.iter().enumerate() {
             out.insert(self.ls_ids[i], IdentityInfo::Workload(ls.clone()));
@@ -183,7 +212,13 @@ impl Universe {
             out.insert(self.cidr_ids[i], IdentityInfo::Cidr { cidr: *c });
         }
         for (ls, ci, v) in &self.composites {
-            out.insert(*v, IdentityInfo::Composite { workload: self.ls_ids[*ls], cidr: self.cidrs[*ci] });
+            out.insert(
+                *v,
+                IdentityInfo::Composite {
+                    workload: self.ls_ids[*ls],
+                    cidr: self.cidrs[*ci],
+                },
+            );
         }
         out
     }
@@ -193,7 +228,10 @@ impl Universe {
         let key = format!(
             "{:?}|{}|{}|{:?}",
             s.namespace,
-            s.namespace_selector.as_ref().map(canonical).unwrap_or_default(),
+            s.namespace_selector
+                .as_ref()
+                .map(canonical)
+                .unwrap_or_default(),
             s.pod_selector.as_ref().map(canonical).unwrap_or_default(),
             s.service_accounts
         );
@@ -206,9 +244,14 @@ impl Universe {
             .enumerate()
             .filter(|(_, ls)| {
                 s.namespace.as_ref().is_none_or(|n| *n == ls.namespace)
-                    && s.namespace_selector.as_ref().is_none_or(|sel| matches(sel, &ls.namespace_labels))
-                    && s.pod_selector.as_ref().is_none_or(|sel| matches(sel, &ls.labels))
-                    && (s.service_accounts.is_empty() || s.service_accounts.contains(&ls.service_account))
+                    && s.namespace_selector
+                        .as_ref()
+                        .is_none_or(|sel| matches(sel, &ls.namespace_labels))
+                    && s.pod_selector
+                        .as_ref()
+                        .is_none_or(|sel| matches(sel, &ls.labels))
+                    && (s.service_accounts.is_empty()
+                        || s.service_accounts.contains(&ls.service_account))
             })
             .map(|(i, _)| i)
             .collect();
@@ -226,17 +269,31 @@ impl Universe {
         let mut out = BTreeSet::new();
         for p in peers {
             match p {
-                ir::Peer::Workloads { namespace, namespace_selector, pod_selector, service_account } => {
+                ir::Peer::Workloads {
+                    namespace,
+                    namespace_selector,
+                    pod_selector,
+                    service_account,
+                } => {
                     for (i, ls) in self.label_sets.iter().enumerate() {
                         let ok = namespace.as_ref().is_none_or(|n| *n == ls.namespace)
-                            && namespace_selector.as_ref().is_none_or(|sel| matches(sel, &ls.namespace_labels))
-                            && pod_selector.as_ref().is_none_or(|sel| matches(sel, &ls.labels))
+                            && namespace_selector
+                                .as_ref()
+                                .is_none_or(|sel| matches(sel, &ls.namespace_labels))
+                            && pod_selector
+                                .as_ref()
+                                .is_none_or(|sel| matches(sel, &ls.labels))
                             && service_account.as_ref().is_none_or(|(ns, name)| {
-                                *name == ls.service_account && ns.as_ref().is_none_or(|n| *n == ls.namespace)
+                                *name == ls.service_account
+                                    && ns.as_ref().is_none_or(|n| *n == ls.namespace)
                             });
                         if ok {
                             out.insert(self.ls_ids[i]);
-                            out.extend(self.composites_of_ls[i].iter().map(|c| self.composites[*c].2));
+                            out.extend(
+                                self.composites_of_ls[i]
+                                    .iter()
+                                    .map(|c| self.composites[*c].2),
+                            );
                         }
                     }
                 }
@@ -244,7 +301,11 @@ impl Universe {
                     for (ci, c) in self.cidrs.iter().enumerate() {
                         if crate::compile::cidr_selects(net, except, c) {
                             out.insert(self.cidr_ids[ci]);
-                            out.extend(self.composites_of_cidr[ci].iter().map(|x| self.composites[*x].2));
+                            out.extend(
+                                self.composites_of_cidr[ci]
+                                    .iter()
+                                    .map(|x| self.composites[*x].2),
+                            );
                         }
                     }
                 }

@@ -161,10 +161,20 @@ impl Inventory {
         for (i, ns) in self.namespaces.iter().enumerate() {
             let object = format!("Namespace {}", ns.name);
             if ns.name.is_empty() {
-                return Err(Error::invalid(file, &object, format!("namespaces[{i}].name"), "must not be empty"));
+                return Err(Error::invalid(
+                    file,
+                    &object,
+                    format!("namespaces[{i}].name"),
+                    "must not be empty",
+                ));
             }
             if namespaces.insert(ns.name.as_str(), i).is_some() {
-                return Err(Error::invalid(file, &object, format!("namespaces[{i}].name"), "duplicate namespace"));
+                return Err(Error::invalid(
+                    file,
+                    &object,
+                    format!("namespaces[{i}].name"),
+                    "duplicate namespace",
+                ));
             }
             if let Some(v) = ns.labels.get(NAMESPACE_NAME_LABEL)
                 && v != &ns.name
@@ -182,7 +192,12 @@ impl Inventory {
         for (i, w) in self.workloads.iter().enumerate() {
             let object = format!("Workload {}/{}", w.namespace, w.name);
             if w.name.is_empty() {
-                return Err(Error::invalid(file, &object, format!("workloads[{i}].name"), "must not be empty"));
+                return Err(Error::invalid(
+                    file,
+                    &object,
+                    format!("workloads[{i}].name"),
+                    "must not be empty",
+                ));
             }
             if !namespaces.contains_key(w.namespace.as_str()) {
                 return Err(Error::invalid(
@@ -192,11 +207,24 @@ impl Inventory {
                     format!("namespace {:?} is not listed under namespaces", w.namespace),
                 ));
             }
-            if workloads.insert((w.namespace.as_str(), w.name.as_str()), i).is_some() {
-                return Err(Error::invalid(file, &object, format!("workloads[{i}].name"), "duplicate workload"));
+            if workloads
+                .insert((w.namespace.as_str(), w.name.as_str()), i)
+                .is_some()
+            {
+                return Err(Error::invalid(
+                    file,
+                    &object,
+                    format!("workloads[{i}].name"),
+                    "duplicate workload",
+                ));
             }
             if w.service_account.is_empty() {
-                return Err(Error::invalid(file, &object, format!("workloads[{i}].serviceAccount"), "must not be empty"));
+                return Err(Error::invalid(
+                    file,
+                    &object,
+                    format!("workloads[{i}].serviceAccount"),
+                    "must not be empty",
+                ));
             }
             for (j, ip) in w.ips.iter().enumerate() {
                 if let Some(other) = ips.insert(*ip, object.clone()) {
@@ -215,21 +243,40 @@ impl Inventory {
                         file,
                         &object,
                         format!("workloads[{i}].ports[{j}].protocol"),
-                        format!("unknown protocol {:?} (expected TCP, UDP or SCTP)", p.protocol),
+                        format!(
+                            "unknown protocol {:?} (expected TCP, UDP or SCTP)",
+                            p.protocol
+                        ),
                     ));
                 }
                 if p.port == 0 {
-                    return Err(Error::invalid(file, &object, format!("workloads[{i}].ports[{j}].port"), "0 is not a valid port"));
+                    return Err(Error::invalid(
+                        file,
+                        &object,
+                        format!("workloads[{i}].ports[{j}].port"),
+                        "0 is not a valid port",
+                    ));
                 }
                 if p.name.is_empty() {
-                    return Err(Error::invalid(file, &object, format!("workloads[{i}].ports[{j}].name"), "must not be empty"));
-                }
-                if names.insert((p.name.as_str(), p.protocol.to_ascii_uppercase()), j).is_some() {
                     return Err(Error::invalid(
                         file,
                         &object,
                         format!("workloads[{i}].ports[{j}].name"),
-                        format!("duplicate port name {:?} for protocol {}", p.name, p.protocol),
+                        "must not be empty",
+                    ));
+                }
+                if names
+                    .insert((p.name.as_str(), p.protocol.to_ascii_uppercase()), j)
+                    .is_some()
+                {
+                    return Err(Error::invalid(
+                        file,
+                        &object,
+                        format!("workloads[{i}].ports[{j}].name"),
+                        format!(
+                            "duplicate port name {:?} for protocol {}",
+                            p.name, p.protocol
+                        ),
                     ));
                 }
             }
@@ -259,7 +306,11 @@ impl Inventory {
     }
 
     /// Replaces the labels of workload `r`; returns false when it does not exist.
-    pub fn set_workload_labels(&mut self, r: &WorkloadRef, labels: BTreeMap<String, String>) -> bool {
+    pub fn set_workload_labels(
+        &mut self,
+        r: &WorkloadRef,
+        labels: BTreeMap<String, String>,
+    ) -> bool {
         match self
             .workloads
             .iter_mut()

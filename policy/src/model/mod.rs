@@ -11,7 +11,7 @@ pub use crd::{
     Action, ClusterSegmentationPolicy, ClusterSegmentationPolicySpec, ClusterSubject, Mode, Peer,
     PortSpec, Rule, SegmentationPolicy, SegmentationPolicySpec, ServiceAccountRef, Subject, Tier,
 };
-pub use inventory::{Inventory, Namespace, NamedPort, Workload, WorkloadRef};
+pub use inventory::{Inventory, NamedPort, Namespace, Workload, WorkloadRef};
 
 /// The policy kinds Bulkhead understands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

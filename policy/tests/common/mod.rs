@@ -5,8 +5,8 @@
 
 use bulkhead_policy::spec::{self, SpecDecision};
 use bulkhead_policy::{
-    AllocationTable, CompiledState, Compiler, Decision, Endpoint, Flow, Inventory, PolicySet, Protocol, WorkloadRef,
-    evaluate,
+    AllocationTable, CompiledState, Compiler, Decision, Endpoint, Flow, Inventory, PolicySet,
+    Protocol, WorkloadRef, evaluate,
 };
 use jiff::Timestamp;
 
@@ -58,20 +58,51 @@ pub fn ip(s: &str) -> Endpoint {
 }
 
 pub fn compile(set: &PolicySet, inv: &Inventory, at: Timestamp) -> CompiledState {
-    Compiler::new(AllocationTable::new()).compile(set, inv, at).unwrap()
+    Compiler::new(AllocationTable::new())
+        .compile(set, inv, at)
+        .unwrap()
 }
 
 /// Decides a flow with both evaluators (compiled at `compiled_at`, flow at `at`), asserts they
 /// agree, returns the compiled decision.
-pub fn decide_at(set: &PolicySet, inv: &Inventory, src: Endpoint, dst: Endpoint, proto: Protocol, port: u16, compiled_at: Timestamp, at: Timestamp) -> Decision {
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a flow spelled out plus two instants"
+)]
+pub fn decide_at(
+    set: &PolicySet,
+    inv: &Inventory,
+    src: Endpoint,
+    dst: Endpoint,
+    proto: Protocol,
+    port: u16,
+    compiled_at: Timestamp,
+    at: Timestamp,
+) -> Decision {
     let state = compile(set, inv, compiled_at);
-    let flow = Flow { src, dst, protocol: proto, port, at };
+    let flow = Flow {
+        src,
+        dst,
+        protocol: proto,
+        port,
+        at,
+    };
     let got = evaluate(&state, &flow);
     let want = spec::evaluate(set, inv, &flow);
-    assert_eq!(SpecDecision::from(&got), want, "compiled and spec disagree on {flow:?}");
+    assert_eq!(
+        SpecDecision::from(&got),
+        want,
+        "compiled and spec disagree on {flow:?}"
+    );
     got
 }
 
-pub fn decide(set: &PolicySet, src: Endpoint, dst: Endpoint, proto: Protocol, port: u16) -> Decision {
+pub fn decide(
+    set: &PolicySet,
+    src: Endpoint,
+    dst: Endpoint,
+    proto: Protocol,
+    port: u16,
+) -> Decision {
     decide_at(set, &inventory(), src, dst, proto, port, t(NOON), t(NOON))
 }
