@@ -15,6 +15,7 @@
 //! ```
 
 mod model;
+pub mod offline;
 
 mod runner;
 mod scenario;
