@@ -126,6 +126,10 @@ pub enum Kind {
     AndPeer,
     /// Several peers in one `from`/`to` list.
     OrPeers,
+    /// Several rules in one policy, each with its own peers and ports.
+    OrRules,
+    /// `from: []`, `to: []`, `ports: []`: lists that match everything.
+    EmptyLists,
     MatchIn,
     MatchNotIn,
     MatchExists,
@@ -154,7 +158,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 30] = [
+    pub const ALL: [Kind; 32] = [
         Kind::DefaultDenyIngress,
         Kind::DefaultDenyEgress,
         Kind::AllowAll,
@@ -162,6 +166,8 @@ impl Kind {
         Kind::NamespaceSelector,
         Kind::AndPeer,
         Kind::OrPeers,
+        Kind::OrRules,
+        Kind::EmptyLists,
         Kind::MatchIn,
         Kind::MatchNotIn,
         Kind::MatchExists,
