@@ -14,7 +14,7 @@ use std::{
 
 use crate::{
     cgroup::CgroupDir,
-    workload::{ProbeResult, Proto, Workload, helper_path, run_probe},
+    workload::{ProbeResult, Proto, Workload, helper_path, probe_once},
 };
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
@@ -217,7 +217,7 @@ impl TestNet {
 
     /// One connection attempt from `from` to `to_ip:port` (1 s timeout).
     pub fn probe(&self, from: &Workload, to_ip: IpAddr, port: u16, proto: Proto) -> ProbeResult {
-        run_probe(from, to_ip, port, proto, Duration::from_secs(1))
+        probe_once(from, to_ip, port, proto, Duration::from_secs(1))
     }
 
     /// [`Self::probe`] with an explicit timeout.
@@ -229,6 +229,6 @@ impl TestNet {
         proto: Proto,
         timeout: Duration,
     ) -> ProbeResult {
-        run_probe(from, to_ip, port, proto, timeout)
+        probe_once(from, to_ip, port, proto, timeout)
     }
 }

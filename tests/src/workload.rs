@@ -161,7 +161,7 @@ impl Workload {
 }
 
 /// One probe, in a child process in the workload.
-pub(crate) fn run_probe(
+pub fn probe_once(
     from: &Workload,
     to: IpAddr,
     port: u16,

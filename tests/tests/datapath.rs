@@ -5,36 +5,23 @@
 
 #[path = "datapath/common.rs"]
 mod common;
+#[path = "datapath/events.rs"]
+mod events;
+#[path = "datapath/lifecycle.rs"]
+mod lifecycle;
 
-use bulkhead_tests::{
-    bpf_query,
-    workload::{ProbeResult, Proto},
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    thread,
+    time::{Duration, Instant},
 };
-use common::*;
-use enforcer_common::{DIR_EGRESS, DIR_INGRESS, PROTO_TCP, PROTO_UDP};
 
-#[test]
-fn install_attaches_every_program_and_uninstall_detaches() {
-    if skip() {
-        return;
-    }
-    let env = Env::new("install");
-    assert_eq!(
-        bpf_query::attached_count(env.net.cgroup_parent()).expect("query"),
-        6
-    );
-    let _server = env.server.serve(&[80], Proto::Tcp).expect("server");
-    assert_eq!(
-        env.net.probe(&env.client, env.server_v4(), 80, Proto::Tcp),
-        ProbeResult::Connected
-    );
-    let parent = env.net.cgroup_parent().to_path_buf();
-    let root = env.pins.0.clone();
-    drop(env.dp);
-    enforcer::datapath::uninstall(&root).expect("uninstall");
-    assert_eq!(bpf_query::attached_count(&parent).expect("query"), 0);
-    assert!(!root.exists(), "pins left behind at {}", root.display());
-}
+use bulkhead_tests::workload::{ProbeResult, Proto};
+use common::*;
+use enforcer::datapath::{BootClock, DesiredMaps};
+use enforcer_common::{DIR_EGRESS, DIR_INGRESS, PROTO_TCP, PROTO_UDP, WorkloadValue, identity};
+
+const ALL_PROTOS: [Proto; 3] = [Proto::Tcp, Proto::Udp, Proto::UdpConnected];
 
 #[test]
 fn egress_deny_fails_connect_with_eperm() {
@@ -50,25 +37,352 @@ fn egress_deny_fails_connect_with_eperm() {
             .insert(key(CLIENT, SERVER, DIR_EGRESS, proto, 80, 16), allow(10));
     }
     isolate(&mut m, CLIENT, DIR_EGRESS, 99);
-    env.dp.apply(&m).expect("apply");
+    env.dp().apply(&m).expect("apply");
     for ip in [env.server_v4(), env.server_v6()] {
-        for proto in [Proto::Tcp, Proto::Udp, Proto::UdpConnected] {
+        for proto in ALL_PROTOS {
             assert_eq!(
                 env.net.probe(&env.client, ip, 80, proto),
                 ProbeResult::Connected,
                 "{ip} {proto:?} :80"
             );
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             assert_eq!(
                 env.net.probe(&env.client, ip, 81, proto),
                 ProbeResult::Denied,
                 "{ip} {proto:?} :81"
             );
             assert!(
-                started.elapsed() < std::time::Duration::from_millis(500),
+                started.elapsed() < Duration::from_millis(500),
                 "EPERM must be immediate"
             );
         }
     }
-    let _ = DIR_INGRESS;
+}
+
+#[test]
+fn ingress_deny_drops_the_first_packet() {
+    if skip() {
+        return;
+    }
+    let mut env = Env::new("ingress-deny");
+    let _tcp = env.server.serve(&[80, 81], Proto::Tcp).expect("server");
+    let _udp = env.server.serve(&[80, 81], Proto::Udp).expect("server");
+    let mut m = env.base(1);
+    for proto in [PROTO_TCP, PROTO_UDP] {
+        m.policy
+            .insert(key(SERVER, CLIENT, DIR_INGRESS, proto, 80, 16), allow(20));
+    }
+    isolate(&mut m, SERVER, DIR_INGRESS, 98);
+    env.dp().apply(&m).expect("apply");
+    for ip in [env.server_v4(), env.server_v6()] {
+        for proto in ALL_PROTOS {
+            assert_eq!(
+                env.net.probe(&env.client, ip, 80, proto),
+                ProbeResult::Connected,
+                "{ip} {proto:?} :80"
+            );
+            assert_eq!(
+                env.net.probe(&env.client, ip, 81, proto),
+                ProbeResult::Timeout,
+                "{ip} {proto:?} :81"
+            );
+        }
+    }
+}
+
+#[test]
+fn port_blocks_match_by_prefix() {
+    if skip() {
+        return;
+    }
+    let mut env = Env::new("port-blocks");
+    let ports = [8000, 8001, 8003, 8004, 7999];
+    let _tcp = env.server.serve(&ports, Proto::Tcp).expect("server");
+    let mut m = env.base(1);
+    // 8000..=8003 is one block: 8000 with the top 14 of 16 port bits.
+    m.policy.insert(
+        key(CLIENT, SERVER, DIR_EGRESS, PROTO_TCP, 8000, 14),
+        allow(11),
+    );
+    isolate(&mut m, CLIENT, DIR_EGRESS, 99);
+    env.dp().apply(&m).expect("apply");
+    for (port, want) in [
+        (8000, ProbeResult::Connected),
+        (8001, ProbeResult::Connected),
+        (8003, ProbeResult::Connected),
+        (8004, ProbeResult::Denied),
+        (7999, ProbeResult::Denied),
+    ] {
+        assert_eq!(
+            env.net
+                .probe(&env.client, env.server_v4(), port, Proto::Tcp),
+            want,
+            "port {port}"
+        );
+    }
+}
+
+#[test]
+fn specific_peer_entry_beats_any_entry() {
+    if skip() {
+        return;
+    }
+    let mut env = Env::new("peer-over-any");
+    let _tcp = env.server.serve(&[80, 81], Proto::Tcp).expect("server");
+    let mut m = env.base(1);
+    m.policy.insert(
+        key(SERVER, CLIENT, DIR_INGRESS, PROTO_TCP, 80, 16),
+        allow(21),
+    );
+    m.policy.insert(
+        key(SERVER, identity::ANY, DIR_INGRESS, PROTO_TCP, 80, 16),
+        deny(22),
+    );
+    m.policy.insert(
+        key(SERVER, CLIENT, DIR_INGRESS, PROTO_TCP, 81, 16),
+        deny(23),
+    );
+    m.policy.insert(
+        key(SERVER, identity::ANY, DIR_INGRESS, PROTO_TCP, 81, 16),
+        allow(24),
+    );
+    env.dp().apply(&m).expect("apply");
+    assert_eq!(
+        env.net.probe(&env.client, env.server_v4(), 80, Proto::Tcp),
+        ProbeResult::Connected
+    );
+    assert_eq!(
+        env.net.probe(&env.client, env.server_v4(), 81, Proto::Tcp),
+        ProbeResult::Timeout
+    );
+    // An address outside ADDRESSES is WORLD: only the ANY entries apply to it.
+    let mut world = env.base(2);
+    world.addresses.retain(|_, id| *id != CLIENT);
+    world.policy = m.policy.clone();
+    env.dp().apply(&world).expect("apply");
+    assert_eq!(
+        env.net.probe(&env.client, env.server_v4(), 80, Proto::Tcp),
+        ProbeResult::Timeout
+    );
+    assert_eq!(
+        env.net.probe(&env.client, env.server_v4(), 81, Proto::Tcp),
+        ProbeResult::Connected
+    );
+}
+
+#[test]
+fn defaults_isolate_and_absence_allows() {
+    if skip() {
+        return;
+    }
+    let mut env = Env::new("defaults");
+    let _tcp = env.server.serve(&[80], Proto::Tcp).expect("server");
+    let _udp = env.server.serve(&[80], Proto::Udp).expect("server");
+    let mut m = env.base(1);
+    isolate(&mut m, SERVER, DIR_INGRESS, 97);
+    env.dp().apply(&m).expect("apply");
+    for proto in ALL_PROTOS {
+        assert_eq!(
+            env.net.probe(&env.client, env.server_v6(), 80, proto),
+            ProbeResult::Timeout,
+            "{proto:?}"
+        );
+    }
+    let m = env.base(2);
+    env.dp().apply(&m).expect("apply");
+    for proto in ALL_PROTOS {
+        assert_eq!(
+            env.net.probe(&env.client, env.server_v6(), 80, proto),
+            ProbeResult::Connected,
+            "{proto:?}"
+        );
+    }
+}
+
+#[test]
+fn revision_change_re_decides_an_established_connection() {
+    if skip() {
+        return;
+    }
+    let mut env = Env::new("revision");
+    let _tcp = env.server.serve(&[80], Proto::Tcp).expect("server");
+    let mut m = env.base(1);
+    m.policy.insert(
+        key(CLIENT, SERVER, DIR_EGRESS, PROTO_TCP, 80, 16),
+        allow(10),
+    );
+    isolate(&mut m, CLIENT, DIR_EGRESS, 99);
+    env.dp().apply(&m).expect("apply");
+    let (mut session, first) = env
+        .client
+        .open_session(env.server_v4(), 80, Duration::from_secs(1))
+        .expect("session");
+    assert_eq!(first, ProbeResult::Connected);
+    assert_eq!(
+        session.exchange().expect("exchange"),
+        ProbeResult::Connected
+    );
+    // Same content, new revision: the cached decision is made again and still allows.
+    m.revision = 2;
+    env.dp().apply(&m).expect("apply");
+    assert_eq!(
+        session.exchange().expect("exchange"),
+        ProbeResult::Connected
+    );
+    // The grant goes away: the established flow stops at the next packet.
+    m.revision = 3;
+    m.policy.clear();
+    env.dp().apply(&m).expect("apply");
+    assert_eq!(session.exchange().expect("exchange"), ProbeResult::Timeout);
+}
+
+#[test]
+fn time_windows_are_enforced_by_the_kernel_clock() {
+    if skip() {
+        return;
+    }
+    let mut env = Env::new("time-window");
+    let _tcp = env.server.serve(&[80, 81], Proto::Tcp).expect("server");
+    let now = BootClock::now_boot_ns();
+    let mut m = env.base(1);
+    let mut expiring = allow(30);
+    expiring.expires_at = now + 1_500_000_000;
+    m.policy.insert(
+        key(SERVER, CLIENT, DIR_INGRESS, PROTO_TCP, 80, 16),
+        expiring,
+    );
+    let mut future = allow(31);
+    future.not_before = now + 3_600_000_000_000;
+    m.policy
+        .insert(key(SERVER, CLIENT, DIR_INGRESS, PROTO_TCP, 81, 16), future);
+    isolate(&mut m, SERVER, DIR_INGRESS, 97);
+    env.dp().apply(&m).expect("apply");
+    assert_eq!(
+        env.net.probe(&env.client, env.server_v4(), 80, Proto::Tcp),
+        ProbeResult::Connected
+    );
+    assert_eq!(
+        env.net.probe(&env.client, env.server_v4(), 81, Proto::Tcp),
+        ProbeResult::Timeout
+    );
+    let expires =
+        Duration::from_nanos(expiring.expires_at.saturating_sub(BootClock::now_boot_ns()));
+    thread::sleep(expires + Duration::from_millis(100));
+    // Nothing was written since: the kernel alone stopped honouring the entry.
+    assert_eq!(
+        env.net.probe(&env.client, env.server_v4(), 80, Proto::Tcp),
+        ProbeResult::Timeout
+    );
+}
+
+#[test]
+fn unmanaged_processes_follow_config() {
+    if skip() {
+        return;
+    }
+    let mut env = Env::new("unmanaged");
+    let stranger = env
+        .net
+        .add_workload("stranger", Ipv4Addr::new(10, 200, 0, 3), v6("fd00:200::3"))
+        .expect("workload");
+    let _tcp = env.server.serve(&[80], Proto::Tcp).expect("server");
+    let target = IpAddr::V4(env.server.ipv4);
+    let mut m = env.base(1);
+    isolate(&mut m, 300, DIR_EGRESS, 96);
+    env.dp().apply(&m).expect("apply");
+    assert_eq!(
+        env.net.probe(&stranger, target, 80, Proto::Tcp),
+        ProbeResult::Connected,
+        "unmanaged: not enforced"
+    );
+    m.revision = 2;
+    m.unmanaged_identity = 300;
+    env.dp().apply(&m).expect("apply");
+    assert_eq!(
+        env.net.probe(&stranger, target, 80, Proto::Tcp),
+        ProbeResult::Denied,
+        "unmanaged as identity 300"
+    );
+    // Registered workloads keep their own identity.
+    assert_eq!(
+        env.net.probe(&env.client, target, 80, Proto::Tcp),
+        ProbeResult::Connected
+    );
+    m.revision = 3;
+    m.workloads.insert(
+        stranger.cgroup_id,
+        WorkloadValue {
+            identity: CLIENT,
+            flags: 0,
+        },
+    );
+    env.dp().apply(&m).expect("apply");
+    assert_eq!(
+        env.net.probe(&stranger, target, 80, Proto::Tcp),
+        ProbeResult::Connected
+    );
+}
+
+#[test]
+fn apply_diffs_against_kernel_contents() {
+    if skip() {
+        return;
+    }
+    let mut env = Env::new("apply-diff");
+    let mut m = env.base(1);
+    m.policy.insert(
+        key(CLIENT, SERVER, DIR_EGRESS, PROTO_TCP, 80, 16),
+        allow(10),
+    );
+    m.policy.insert(
+        key(CLIENT, SERVER, DIR_EGRESS, PROTO_TCP, 8000, 14),
+        allow(11),
+    );
+    isolate(&mut m, CLIENT, DIR_EGRESS, 99);
+    let first = env.dp().apply(&m).expect("apply");
+    assert_eq!(
+        (
+            first.policy.upserted,
+            first.workloads.upserted,
+            first.addresses.upserted
+        ),
+        (2, 2, 4)
+    );
+    assert_eq!(env.dp().current().expect("read back"), m);
+    let again = env.dp().apply(&m).expect("apply");
+    assert_eq!(
+        (
+            again.policy.upserted,
+            again.policy.unchanged,
+            again.defaults.unchanged
+        ),
+        (0, 2, 1)
+    );
+    let mut smaller = m.clone();
+    smaller.revision = 2;
+    smaller
+        .policy
+        .retain(|(k, _), _| k.port_be == 80u16.to_be_bytes());
+    smaller.defaults.clear();
+    let third = env.dp().apply(&smaller).expect("apply");
+    assert_eq!(
+        (
+            third.policy.deleted,
+            third.defaults.deleted,
+            third.previous_revision
+        ),
+        (1, 1, 1)
+    );
+    assert_eq!(env.dp().current().expect("read back"), smaller);
+    let fill = env.dp().map_fill().expect("fill");
+    let policy = fill
+        .iter()
+        .find(|f| f.name == "POLICY")
+        .expect("POLICY fill");
+    assert_eq!(policy.entries, 1);
+    assert!(policy.max_entries >= 65_536);
+    assert_eq!(
+        DesiredMaps::default().unmanaged_identity,
+        identity::UNMANAGED
+    );
 }

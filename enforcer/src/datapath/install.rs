@@ -5,12 +5,20 @@
 //! link, so that enforcement outlives the process (pitfall 5). The `Ebpf` handle is then dropped:
 //! the running process always works from the pins, exactly as a restarted one does.
 
-use std::{fs, io, path::Path};
+use std::{
+    fs, io,
+    path::Path,
+    thread,
+    time::{Duration, Instant},
+};
 
 use aya::{
     EbpfLoader,
     maps::{Array, MapData},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSockAddr, Program, links::FdLink},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSockAddr, Program,
+        links::{FdLink, PinnedLink},
+    },
 };
 use enforcer_common::{Config, identity};
 
@@ -145,7 +153,15 @@ fn attach(
 
 /// Removes every pin under `root`: links first (which detaches the programs from the cgroup),
 /// then programs and maps, then the directories. Missing pins are not an error.
+///
+/// The kernel frees a link whose last pin is removed from a deferred work item, so uninstall
+/// waits (up to [`DETACH_WAIT`]) until the links' ids are gone: on return nothing is attached.
 pub fn uninstall(root: &Path) -> Result<(), DatapathError> {
+    let link_ids: Vec<u32> = PROGRAMS
+        .iter()
+        .filter_map(|(name, _)| PinnedLink::from_pin(pins::link(root, name)).ok())
+        .filter_map(|link| FdLink::from(link).info().ok().map(|info| info.id()))
+        .collect();
     for dir in [pins::LINKS_DIR, pins::PROGRAMS_DIR, pins::MAPS_DIR] {
         let path = root.join(dir);
         let entries = match fs::read_dir(&path) {
@@ -161,8 +177,33 @@ pub fn uninstall(root: &Path) -> Result<(), DatapathError> {
         remove_if_present(&path, |p| fs::remove_dir(p))?;
     }
     remove_if_present(root, |p| fs::remove_dir(p))?;
+    wait_for_detach(&link_ids);
     tracing::info!(root = %root.display(), "datapath uninstalled");
     Ok(())
+}
+
+/// How long uninstall waits for the kernel to release the links.
+pub const DETACH_WAIT: Duration = Duration::from_secs(5);
+
+fn wait_for_detach(link_ids: &[u32]) {
+    let deadline = Instant::now() + DETACH_WAIT;
+    loop {
+        // A link being torn down is still listed but can no longer be opened: count it too.
+        let alive = aya::programs::loaded_links()
+            .filter(|info| {
+                info.as_ref()
+                    .map_or(true, |info| link_ids.contains(&info.id()))
+            })
+            .count();
+        if alive == 0 {
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(alive, "links still attached after uninstall");
+            return;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn remove_if_present(

@@ -50,7 +50,8 @@ impl Drop for PinGuard {
 
 /// Field order is drop order: the datapath is removed before the network and cgroups.
 pub struct Env {
-    pub dp: Datapath,
+    /// `None` between [`Env::stop`] and [`Env::adopt`] (no process holds the datapath).
+    pub dp: Option<Datapath>,
     pub pins: PinGuard,
     pub client: Workload,
     pub server: Workload,
@@ -83,12 +84,29 @@ impl Env {
         let dp =
             Datapath::install_or_adopt_with(&root, net.cgroup_parent(), options).expect("install");
         Self {
-            dp,
+            dp: Some(dp),
             pins,
             client,
             server,
             net,
         }
+    }
+
+    pub fn dp(&mut self) -> &mut Datapath {
+        self.dp
+            .as_mut()
+            .expect("datapath handle (adopt after stop)")
+    }
+
+    /// Drops the handle, as a process exit would: only the pins remain.
+    pub fn stop(&mut self) {
+        self.dp = None;
+    }
+
+    /// Installs or adopts again from the pins.
+    pub fn adopt(&mut self) -> &mut Datapath {
+        let dp = Datapath::install_or_adopt(&self.pins.0, self.net.cgroup_parent()).expect("adopt");
+        self.dp.insert(dp)
     }
 
     /// Maps with both workloads and their addresses, no policy; revision `revision`.
