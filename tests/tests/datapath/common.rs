@@ -63,7 +63,17 @@ impl Env {
         Self::with_options(name, &DatapathOptions::default())
     }
 
+    /// The network and workloads only: nothing installed yet (the pins are still removed at the
+    /// end, whoever made them).
+    pub fn without_datapath(name: &str) -> Self {
+        Self::build(name, None)
+    }
+
     pub fn with_options(name: &str, options: &DatapathOptions) -> Self {
+        Self::build(name, Some(options))
+    }
+
+    fn build(name: &str, options: Option<&DatapathOptions>) -> Self {
         let mut net = TestNet::new(name).expect("test network");
         let client = net
             .add_workload(
@@ -81,10 +91,11 @@ impl Env {
             .expect("server workload");
         let root = bpffs_root(&net);
         let pins = PinGuard(root.clone());
-        let dp =
-            Datapath::install_or_adopt_with(&root, net.cgroup_parent(), options).expect("install");
+        let dp = options.map(|options| {
+            Datapath::install_or_adopt_with(&root, net.cgroup_parent(), options).expect("install")
+        });
         Self {
-            dp: Some(dp),
+            dp,
             pins,
             client,
             server,

@@ -1,13 +1,19 @@
 //! Install, restart (adopt from pins without a second attach), uninstall, and program stats.
 
-use std::time::Duration;
+use std::{
+    io::{BufRead as _, BufReader},
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use bulkhead_tests::{
     bpf_query,
     workload::{ProbeResult, Proto},
 };
-use enforcer::datapath::{self, Datapath, Origin};
-use enforcer_common::{DIR_EGRESS, HOOK_CONNECT, PROTO_TCP};
+use enforcer::datapath::{self, Datapath, DesiredMaps, Origin};
+use enforcer_common::{DIR_EGRESS, HOOK_CONNECT, PROTO_TCP, WorkloadValue};
 
 use super::common::*;
 
@@ -192,4 +198,109 @@ fn program_stats_count_runs() {
         assert!(s.run_count > 0, "{name} never ran: {s:?}");
         assert!(s.run_time_ns > 0, "{name} has no run time: {s:?}");
     }
+}
+
+const CHILD_ROOT: &str = "BULKHEAD_TEST_CHILD_ROOT";
+const CHILD_CGROUP: &str = "BULKHEAD_TEST_CHILD_CGROUP";
+const CHILD_CLIENT_ID: &str = "BULKHEAD_TEST_CHILD_CLIENT_ID";
+const CHILD_REVISION: u64 = 9;
+
+/// The maps the child installs: the client is isolated for egress except to port 80.
+fn child_maps(client_cgroup_id: u64, server: Ipv4Addr) -> DesiredMaps {
+    let mut m = DesiredMaps {
+        revision: CHILD_REVISION,
+        ..DesiredMaps::default()
+    };
+    m.workloads.insert(
+        client_cgroup_id,
+        WorkloadValue {
+            identity: CLIENT,
+            flags: 0,
+        },
+    );
+    m.addresses
+        .insert((server.to_ipv6_mapped().octets(), 128), SERVER);
+    m.policy.insert(
+        key(CLIENT, SERVER, DIR_EGRESS, PROTO_TCP, 80, 16),
+        allow(10),
+    );
+    isolate(&mut m, CLIENT, DIR_EGRESS, 99);
+    m
+}
+
+/// Not a test of its own: the process that `killed_agent_leaves_enforcement_running` starts
+/// and kills. Without its environment variables it does nothing.
+#[test]
+#[ignore = "child process of killed_agent_leaves_enforcement_running"]
+fn child_installs_then_waits_to_be_killed() {
+    let (Some(root), Some(cgroup), Some(client)) = (
+        std::env::var_os(CHILD_ROOT),
+        std::env::var_os(CHILD_CGROUP),
+        std::env::var(CHILD_CLIENT_ID).ok(),
+    ) else {
+        return;
+    };
+    let client: u64 = client.parse().expect("client cgroup id");
+    let mut dp =
+        Datapath::install_or_adopt(&PathBuf::from(root), &PathBuf::from(cgroup)).expect("install");
+    dp.apply(&child_maps(client, Ipv4Addr::new(10, 200, 0, 2)))
+        .expect("apply");
+    println!("\nready");
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+#[test]
+fn killed_agent_leaves_enforcement_running() {
+    if skip() {
+        return;
+    }
+    let mut env = Env::without_datapath("sigkill");
+    let _server = env.server.serve(&[80, 81], Proto::Tcp).expect("server");
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "lifecycle::child_installs_then_waits_to_be_killed",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(CHILD_ROOT, &env.pins.0)
+        .env(CHILD_CGROUP, env.net.cgroup_parent())
+        .env(CHILD_CLIENT_ID, env.client.cgroup_id.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("child");
+    let stdout = child.stdout.take().expect("stdout");
+    let ready = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.trim() == "ready");
+    assert!(ready, "the child never got ready");
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+
+    let target = env.server_v4();
+    assert_eq!(
+        env.net.probe(&env.client, target, 80, Proto::Tcp),
+        ProbeResult::Connected
+    );
+    assert_eq!(
+        env.net.probe(&env.client, target, 81, Proto::Tcp),
+        ProbeResult::Denied
+    );
+    assert_eq!(
+        bpf_query::attached_count(env.net.cgroup_parent()).expect("query"),
+        6
+    );
+    let dp = env.adopt();
+    assert_eq!(dp.origin(), Origin::Adopted);
+    assert_eq!(
+        dp.current().expect("read back"),
+        child_maps(env.client.cgroup_id, env.server.ipv4)
+    );
+    assert_eq!(
+        bpf_query::attached_count(env.net.cgroup_parent()).expect("query"),
+        6
+    );
 }
