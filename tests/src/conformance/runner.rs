@@ -97,6 +97,8 @@ pub struct Mismatch {
     /// 1-based.
     pub step: usize,
     pub action: String,
+    /// The policies in force (`namespace/name`).
+    pub policies: Vec<String>,
     pub probe: String,
     pub expected: TruthTable,
     pub observed: TruthTable,
@@ -115,6 +117,7 @@ impl fmt::Display for Mismatch {
             self.probe,
             self.wrong.len()
         )?;
+        writeln!(f, "policies in force: [{}]", self.policies.join(", "))?;
         writeln!(f, "expected:\n{}", self.expected.render())?;
         writeln!(f, "observed:\n{}", self.observed.render())?;
         writeln!(
@@ -193,6 +196,11 @@ pub fn run_scenario(
                             mirrors: scenario.mirrors.clone(),
                             step: step_no,
                             action: step.action.to_string(),
+                            policies: store
+                                .policies()
+                                .iter()
+                                .map(|p| format!("{}/{}", p.namespace, p.name))
+                                .collect(),
                             probe: probe.describe(),
                             expected: probe.expected,
                             observed,

@@ -163,10 +163,11 @@ fn render_grid(mut cell: impl FnMut(PodId, PodId) -> char) -> String {
     }
     out.push('\n');
     for from in PodId::all() {
-        out.push_str(&from.to_string());
+        let mut line = from.to_string();
         for to in PodId::all() {
-            out.push_str(&format!("  {} ", cell(from, to)));
+            line.push_str(&format!("  {} ", cell(from, to)));
         }
+        out.push_str(line.trim_end());
         out.push('\n');
     }
     out

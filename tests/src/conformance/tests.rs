@@ -232,6 +232,14 @@ fn runner_reports_each_wrong_cell_by_name() {
         "{text}"
     );
     assert!(text.contains("comparison"), "{text}");
+    assert!(
+        text.contains("policies in force: [x/deny-ingress]"),
+        "{text}"
+    );
+    assert!(
+        text.lines().all(|l| l == l.trim_end()),
+        "no trailing spaces: {text}"
+    );
     assert_eq!(
         summary.to_string(),
         "conformance: 1 cases, 1 steps, 81 cells, 1 wrong"
