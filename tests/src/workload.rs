@@ -19,6 +19,8 @@ pub enum Proto {
     Udp,
     /// Connected UDP (`connect` then `send`: the connect hooks).
     UdpConnected,
+    /// ICMP echo from a ping socket (a port-less protocol: policy keys use `PROTO_OTHER`).
+    Icmp,
 }
 
 impl Proto {
@@ -27,6 +29,7 @@ impl Proto {
             Self::Tcp => "tcp",
             Self::Udp => "udp",
             Self::UdpConnected => "udp-connected",
+            Self::Icmp => "icmp",
         }
     }
 }
@@ -105,6 +108,11 @@ impl Workload {
         let proto = match proto {
             Proto::Tcp => "tcp",
             Proto::Udp | Proto::UdpConnected => "udp",
+            Proto::Icmp => {
+                return Err(io::Error::other(
+                    "the kernel answers pings: nothing to serve",
+                ));
+            }
         };
         let mut cmd = self.command("serve");
         cmd.arg(proto).args(ports.iter().map(u16::to_string));

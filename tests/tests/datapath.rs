@@ -19,7 +19,10 @@ use std::{
 use bulkhead_tests::workload::{ProbeResult, Proto};
 use common::*;
 use enforcer::datapath::{BootClock, DesiredMaps};
-use enforcer_common::{DIR_EGRESS, DIR_INGRESS, PROTO_TCP, PROTO_UDP, WorkloadValue, identity};
+use enforcer_common::{
+    DIR_EGRESS, DIR_INGRESS, HOOK_SKB_EGRESS, PROTO_OTHER, PROTO_TCP, PROTO_UDP, WorkloadValue,
+    identity,
+};
 
 const ALL_PROTOS: [Proto; 3] = [Proto::Tcp, Proto::Udp, Proto::UdpConnected];
 
@@ -385,4 +388,58 @@ fn apply_diffs_against_kernel_contents() {
         DesiredMaps::default().unmanaged_identity,
         identity::UNMANAGED
     );
+}
+
+#[test]
+fn portless_protocols_match_proto_other_entries() {
+    if skip() {
+        return;
+    }
+    let mut env = Env::new("proto-other");
+    let mut m = env.base(1);
+    // Every TCP port is allowed, which says nothing about ICMP.
+    m.policy
+        .insert(key(CLIENT, SERVER, DIR_EGRESS, PROTO_TCP, 0, 0), allow(10));
+    isolate(&mut m, CLIENT, DIR_EGRESS, 99);
+    env.dp().apply(&m).expect("apply");
+    for ip in [env.server_v4(), env.server_v6()] {
+        // The echo request is dropped at cgroup_skb egress: the socket sees EPERM when the
+        // packet leaves at once, nothing when it first waited for neighbour discovery.
+        let result = env.net.probe(&env.client, ip, 0, Proto::Icmp);
+        assert!(
+            matches!(result, ProbeResult::Denied | ProbeResult::Timeout),
+            "{ip}: {result:?}"
+        );
+    }
+    m.revision = 2;
+    m.policy.insert(
+        key(CLIENT, SERVER, DIR_EGRESS, PROTO_OTHER, 0, 0),
+        allow(13),
+    );
+    env.dp().apply(&m).expect("apply");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _entered = rt.enter();
+    let mut reader = env.dp().event_reader().expect("reader");
+    let _ = reader.try_next_batch().expect("drain");
+    for ip in [env.server_v4(), env.server_v6()] {
+        assert_eq!(
+            env.net.probe(&env.client, ip, 0, Proto::Icmp),
+            ProbeResult::Connected,
+            "{ip}"
+        );
+        // One event for the new flow at egress; the reply follows the flow silently, and the
+        // kernel's own answer on the server side passes no socket hook.
+        let events = reader.try_next_batch().expect("read").events;
+        assert_eq!(events.len(), 1, "{events:#?}");
+        let e = events[0];
+        let icmp = if ip.is_ipv4() { 1 } else { 58 };
+        assert_eq!(
+            (e.hook, e.direction, e.protocol, e.dst_port, e.rule_id),
+            (HOOK_SKB_EGRESS, DIR_EGRESS, icmp, 0, 13)
+        );
+        assert_eq!(e.dst_addr, mapped(ip));
+    }
 }

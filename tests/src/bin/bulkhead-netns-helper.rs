@@ -3,8 +3,9 @@
 //! every socket it creates belongs to the workload. Then:
 //!
 //! - `serve tcp|udp PORT...`: echo servers on `[::]` (dual stack); prints `ready` when bound.
-//! - `probe tcp|udp|udp-connected ADDR PORT TIMEOUT_MS`: one attempt; prints `connected`,
-//!   `denied` (EPERM from connect/sendmsg), `refused` or `timeout`.
+//! - `probe tcp|udp|udp-connected|icmp ADDR PORT TIMEOUT_MS`: one attempt; prints `connected`,
+//!   `denied` (EPERM from connect/sendmsg or an egress drop), `refused` or `timeout`. `icmp` sends
+//!   one echo request from a ping socket (the port is ignored) and waits for the reply.
 //! - `session tcp ADDR PORT TIMEOUT_MS`: connects (prints the probe word), then for each line
 //!   on stdin sends it and prints `ok` when echoed back or `timeout`/`error`.
 //!
@@ -146,7 +147,39 @@ fn probe(proto: &str, to: SocketAddr, timeout: Duration) -> &'static str {
                 Err(e) => classify(&e),
             }
         }
+        "icmp" => ping(to.ip(), timeout),
         _ => "error",
+    }
+}
+
+/// One ICMP echo over a ping socket (`SOCK_DGRAM`, `IPPROTO_ICMP[V6]`): the kernel fills in the
+/// identifier and checksum. Ping sockets are enabled for root in this namespace first.
+fn ping(to: IpAddr, timeout: Duration) -> &'static str {
+    use rustix::net::{
+        AddressFamily, RecvFlags, SendFlags, SocketType, ipproto, recv, sendto, socket, sockopt,
+    };
+    let _ = fs::write("/proc/sys/net/ipv4/ping_group_range", "0 0");
+    let (family, protocol, request, reply) = if to.is_ipv4() {
+        (AddressFamily::INET, ipproto::ICMP, 8u8, 0u8)
+    } else {
+        (AddressFamily::INET6, ipproto::ICMPV6, 128u8, 129u8)
+    };
+    let fd = match socket(family, SocketType::DGRAM, Some(protocol)) {
+        Ok(fd) => fd,
+        Err(e) => return classify(&e.into()),
+    };
+    if let Err(e) = sockopt::set_socket_timeout(&fd, sockopt::Timeout::Recv, Some(timeout)) {
+        return classify(&e.into());
+    }
+    let echo = [request, 0, 0, 0, 0, 0, 0, 1, b'p', b'i', b'n', b'g'];
+    if let Err(e) = sendto(&fd, &echo, SendFlags::empty(), &SocketAddr::new(to, 0)) {
+        return classify(&e.into());
+    }
+    let mut buf = [0u8; 64];
+    match recv(&fd, &mut buf, RecvFlags::empty()) {
+        Ok((n, _)) if n >= 8 && buf[0] == reply => "connected",
+        Ok(_) => "error",
+        Err(e) => classify(&e.into()),
     }
 }
 
