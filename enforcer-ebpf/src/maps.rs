@@ -57,7 +57,7 @@ pub fn config() -> (u64, u32) {
 #[inline(always)]
 pub fn local_identity(cgroup_id: u64, unmanaged_identity: u32) -> Option<u32> {
     // SAFETY: the value is copied out at once; nothing can alias it in between.
-    let found = unsafe { WORKLOADS.get(&cgroup_id) }.map(|w| w.identity);
+    let found = unsafe { WORKLOADS.get(cgroup_id) }.map(|w| w.identity);
     match found {
         Some(identity) => Some(identity),
         None if unmanaged_identity != identity::UNMANAGED => Some(unmanaged_identity),
@@ -91,5 +91,5 @@ pub fn default_entry(local_identity: u32, direction: u8) -> Option<PolicyValue> 
         _pad: [0; 3],
     };
     // SAFETY: the value is copied out at once.
-    unsafe { DEFAULTS.get(&key) }.copied()
+    unsafe { DEFAULTS.get(key) }.copied()
 }

@@ -181,7 +181,7 @@ fn syn(view: &View, pkt: &Packet) -> bool {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     // SAFETY: the value is copied out at once.
-    let known = unsafe { FLOWS.get(&key) }.copied();
+    let known = unsafe { FLOWS.get(key) }.copied();
     if let Some(f) = known
         && f.revision == view.revision
         && now.wrapping_sub(f.seen_ns) < SYN_RETRANSMIT_WINDOW_NS
@@ -260,7 +260,7 @@ fn datagram(view: &View, pkt: &Packet, sk: *mut bpf_sock) -> bool {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     // SAFETY: the value is copied out at once.
-    let known = unsafe { FLOWS.get(&key) }.copied();
+    let known = unsafe { FLOWS.get(key) }.copied();
     let (direction, fresh) = match known {
         Some(f) if f.revision == view.revision => return f.verdict != VERDICT_DENY,
         Some(f) => (f.direction, false),
@@ -302,7 +302,7 @@ fn record_flow(key: &FlowKey, revision: u64, now: u64, direction: u8, d: &Decisi
         direction,
         flags: 0,
     };
-    let _ = FLOWS.insert(key, &value, 0);
+    let _ = FLOWS.insert(key, value, 0);
 }
 
 /// The event of a new flow seen by an skb program; addresses and ports as in the packet.

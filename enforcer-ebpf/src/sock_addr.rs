@@ -66,18 +66,20 @@ fn local_of(sa: &bpf_sock_addr, v6: bool) -> Local {
     }
 }
 
-#[inline(always)]
-fn event(
-    ctx: &SockAddrContext,
-    v6: bool,
+/// What an event of this module reports besides the socket itself.
+struct Report<'a> {
     hook: u8,
     revision: u64,
     cgroup_id: u64,
     local_identity: u32,
     protocol: u8,
-    dest: (&AddrKey, u16),
-    d: &Decision,
-) {
+    remote: &'a AddrKey,
+    port: u16,
+    decision: &'a Decision,
+}
+
+#[inline(always)]
+fn event(ctx: &SockAddrContext, v6: bool, r: &Report<'_>) {
     // SAFETY: the context pointer is valid for the whole program.
     let sa = unsafe { &*ctx.sock_addr };
     let local = local_of(sa, v6);
@@ -85,21 +87,21 @@ fn event(
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     emit(&VerdictEvent {
         timestamp_ns: 0,
-        cgroup_id,
+        cgroup_id: r.cgroup_id,
         socket_cookie: cookie,
-        revision,
+        revision: r.revision,
         src_addr: local.addr,
-        dst_addr: *dest.0,
+        dst_addr: *r.remote,
         src_port: local.port,
-        dst_port: dest.1,
-        local_identity,
-        remote_identity: d.peer_identity,
-        rule_id: d.rule_id,
+        dst_port: r.port,
+        local_identity: r.local_identity,
+        remote_identity: r.decision.peer_identity,
+        rule_id: r.decision.rule_id,
         direction: DIR_EGRESS,
-        hook,
-        protocol,
-        verdict: d.verdict,
-        reason: d.reason,
+        hook: r.hook,
+        protocol: r.protocol,
+        verdict: r.decision.verdict,
+        reason: r.decision.reason,
         family: if v6 { FAMILY_INET6 } else { FAMILY_INET },
         _pad: [0; 10],
     });
@@ -136,17 +138,17 @@ pub fn try_connect(ctx: &SockAddrContext, v6: bool) -> Result<bool, i64> {
             };
         }
     }
-    event(
-        ctx,
-        v6,
-        HOOK_CONNECT,
+    let report = Report {
+        hook: HOOK_CONNECT,
         revision,
         cgroup_id,
-        local,
+        local_identity: local,
         protocol,
-        (&remote, port),
-        &d,
-    );
+        remote: &remote,
+        port,
+        decision: &d,
+    };
+    event(ctx, v6, &report);
     Ok(d.passes())
 }
 
@@ -176,7 +178,7 @@ pub fn try_sendmsg(ctx: &SockAddrContext, v6: bool) -> Result<bool, i64> {
         _pad: [0; 5],
     };
     // SAFETY: the value is copied out at once.
-    let known = unsafe { FLOWS.get(&key) }.copied();
+    let known = unsafe { FLOWS.get(key) }.copied();
     let (d, direction, fresh) = match known {
         Some(f) if f.revision == revision => return Ok(f.verdict != VERDICT_DENY),
         Some(f) => {
@@ -207,19 +209,19 @@ pub fn try_sendmsg(ctx: &SockAddrContext, v6: bool) -> Result<bool, i64> {
         direction,
         flags: 0,
     };
-    let _ = FLOWS.insert(&key, &value, 0);
+    let _ = FLOWS.insert(key, value, 0);
     if fresh {
-        event(
-            ctx,
-            v6,
-            HOOK_SENDMSG,
+        let report = Report {
+            hook: HOOK_SENDMSG,
             revision,
             cgroup_id,
-            local,
+            local_identity: local,
             protocol,
-            (&remote, port),
-            &d,
-        );
+            remote: &remote,
+            port,
+            decision: &d,
+        };
+        event(ctx, v6, &report);
     }
     Ok(d.passes())
 }
