@@ -240,6 +240,42 @@ fn revision_change_re_decides_an_established_connection() {
 }
 
 #[test]
+fn revision_change_re_decides_accepted_connections_in_ingress_orientation() {
+    if skip() {
+        return;
+    }
+    let mut env = Env::new("revision-passive");
+    let _tcp = env.server.serve(&[80], Proto::Tcp).expect("server");
+    let mut m = env.base(1);
+    m.policy.insert(
+        key(SERVER, CLIENT, DIR_INGRESS, PROTO_TCP, 80, 16),
+        allow(20),
+    );
+    isolate(&mut m, SERVER, DIR_INGRESS, 98);
+    // The server may not open connections itself: its replies pass only as part of the
+    // accepted (ingress) connection.
+    isolate(&mut m, SERVER, DIR_EGRESS, 97);
+    env.dp().apply(&m).expect("apply");
+    let (mut session, first) = env
+        .client
+        .open_session(env.server_v4(), 80, Duration::from_secs(1))
+        .expect("session");
+    assert_eq!(first, ProbeResult::Connected);
+    // Same content, new revision: the accepted socket is decided again as ingress to local
+    // port 80 (the server port, not the client's ephemeral one), so it still passes.
+    m.revision = 2;
+    env.dp().apply(&m).expect("apply");
+    assert_eq!(
+        session.exchange().expect("exchange"),
+        ProbeResult::Connected
+    );
+    m.revision = 3;
+    m.policy.clear();
+    env.dp().apply(&m).expect("apply");
+    assert_eq!(session.exchange().expect("exchange"), ProbeResult::Timeout);
+}
+
+#[test]
 fn time_windows_are_enforced_by_the_kernel_clock() {
     if skip() {
         return;
