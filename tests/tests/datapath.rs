@@ -413,6 +413,22 @@ fn apply_diffs_against_kernel_contents() {
         (1, 1, 1)
     );
     assert_eq!(env.dp().current().expect("read back"), smaller);
+    // The final revision, not the transient one used while deleting, is what the kernel
+    // stamps on new decisions.
+    let _server = env.server.serve(&[80], Proto::Tcp).expect("server");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _entered = rt.enter();
+    let mut reader = env.dp().event_reader().expect("reader");
+    assert_eq!(
+        env.net.probe(&env.client, env.server_v4(), 80, Proto::Tcp),
+        ProbeResult::Connected
+    );
+    let events = reader.try_next_batch().expect("read").events;
+    assert!(!events.is_empty());
+    assert!(events.iter().all(|e| e.revision == 2), "{events:#?}");
     let fill = env.dp().map_fill().expect("fill");
     let policy = fill
         .iter()

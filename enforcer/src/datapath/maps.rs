@@ -14,6 +14,10 @@ use enforcer_common::{
 
 use super::{DatapathError, pins};
 
+/// Set in `CONFIG.revision` while `apply` deletes stale entries; revisions themselves never
+/// use this bit (it is masked off what `apply` writes and what `current` reports).
+pub const TRANSIENT_REVISION_BIT: u64 = 1 << 63;
+
 /// The complete desired contents of the policy maps. Policy and default times are boot-time
 /// nanoseconds already (see [`super::BootClock`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,7 +26,8 @@ pub struct DesiredMaps {
     pub unmanaged_identity: u32,
     /// Cgroup id -> workload.
     pub workloads: BTreeMap<u64, WorkloadValue>,
-    /// (address, prefix length in bits over the 128-bit key) -> peer identity.
+    /// (address, prefix length in bits over the 128-bit key) -> peer identity. IPv4 prefixes
+    /// are IPv4-mapped: `a.b.c.d/n` is `(::ffff:a.b.c.d, 96 + n)`.
     pub addresses: BTreeMap<(AddrKey, u32), u32>,
     /// (key, prefix length in bits over the 96-bit key) -> decision.
     pub policy: BTreeMap<(PolicyKey, u32), PolicyValue>,
@@ -118,7 +123,8 @@ impl PolicyMaps {
             .map_err(|e| DatapathError::map(pins::MAP_CONFIG, "reading", e))?;
         let read_err = |name| move |e| DatapathError::map(name, "reading", e);
         let mut out = DesiredMaps {
-            revision: config.revision,
+            // A transient revision (an apply that did not finish) reads as its final one.
+            revision: config.revision & !TRANSIENT_REVISION_BIT,
             unmanaged_identity: config.unmanaged_identity,
             ..DesiredMaps::default()
         };
@@ -143,6 +149,11 @@ impl PolicyMaps {
 
     /// Diffs `desired` against the kernel and writes the difference: upserts of policy,
     /// defaults and addresses, then workloads, then the revision, then deletions.
+    ///
+    /// When there is something to delete, the revision written between upserts and deletions
+    /// is a transient one ([`TRANSIENT_REVISION_BIT`] set), and the final revision is written
+    /// last: a connection re-decided while a stale (possibly more permissive) entry still
+    /// existed carries the transient revision and is decided once more against the final state.
     pub(super) fn apply(&mut self, desired: &DesiredMaps) -> Result<ApplyStats, DatapathError> {
         let current = self.read()?;
         let mut stats = ApplyStats {
@@ -181,13 +192,25 @@ impl PolicyMaps {
                     .map_err(write_err(pins::MAP_WORKLOADS))?;
             }
         }
-        let config = Config {
-            revision: desired.revision,
+        let stale = count_stale(&current.workloads, &desired.workloads)
+            + count_stale(&current.policy, &desired.policy)
+            + count_stale(&current.defaults, &desired.defaults)
+            + count_stale(&current.addresses, &desired.addresses);
+        let final_config = Config {
+            revision: desired.revision & !TRANSIENT_REVISION_BIT,
             unmanaged_identity: desired.unmanaged_identity,
             flags: 0,
         };
+        let interim = if stale > 0 {
+            Config {
+                revision: final_config.revision | TRANSIENT_REVISION_BIT,
+                ..final_config
+            }
+        } else {
+            final_config
+        };
         self.config
-            .set(0, config, 0)
+            .set(0, interim, 0)
             .map_err(write_err(pins::MAP_CONFIG))?;
 
         for k in current
@@ -230,9 +253,19 @@ impl PolicyMaps {
                 .map_err(delete_err(pins::MAP_ADDRESSES))?;
             stats.addresses.deleted += 1;
         }
+        if stale > 0 {
+            self.config
+                .set(0, final_config, 0)
+                .map_err(write_err(pins::MAP_CONFIG))?;
+        }
         tracing::debug!(?stats, "maps applied");
         Ok(stats)
     }
+}
+
+/// Entries of `current` that `desired` no longer has.
+fn count_stale<K: Ord, V>(current: &BTreeMap<K, V>, desired: &BTreeMap<K, V>) -> usize {
+    current.keys().filter(|k| !desired.contains_key(k)).count()
 }
 
 /// Counts the entry; `true` when it must be written.

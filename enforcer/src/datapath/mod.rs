@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 pub use error::DatapathError;
 pub use events::{EventBatch, EventReader};
 pub use install::uninstall;
-pub use maps::{ApplyStats, DesiredMaps, MapDelta, MapFill};
+pub use maps::{ApplyStats, DesiredMaps, MapDelta, MapFill, TRANSIENT_REVISION_BIT};
 pub use system::{BootClock, boot_time_offset, cgroup_id, find_cgroup2_mount};
 
 /// Load-time options (defaults suit production).
