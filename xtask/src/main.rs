@@ -52,29 +52,14 @@ fn main() -> Result<()> {
         }
         Task::Demo => {
             setup::all()?;
-            cargo(&["build", "--release", "-p", "enforcer"])?;
-            cargo(&[
-                "run",
-                "--release",
-                "-p",
-                "bulkhead-tests",
-                "--bin",
-                "bulkhead-demo",
-            ])
+            build_release_bins()?;
+            run_built("bulkhead-demo")
         }
         Task::Test { fuzz_seconds } => test(fuzz_seconds),
         Task::Bench => {
             setup::all()?;
-            cargo(&["build", "--release", "-p", "enforcer"])?;
-            cargo(&["bench", "-p", "bulkhead-policy", "--bench", "compile"])?;
-            cargo(&[
-                "run",
-                "--release",
-                "-p",
-                "bulkhead-tests",
-                "--bin",
-                "bulkhead-bench",
-            ])
+            build_release_bins()?;
+            run_built("bulkhead-bench")
         }
         Task::Fuzz { target, seconds } => {
             setup::fuzz_toolchain()?;
@@ -110,16 +95,12 @@ fn test(fuzz_seconds: u64) -> Result<()> {
 }
 
 fn fuzz(target: &str, seconds: u64) -> Result<()> {
+    // New inputs go to fuzz/corpus/<target> (not committed); fuzz/seeds holds committed seeds.
+    let corpus = format!("fuzz/corpus/{target}");
+    std::fs::create_dir_all(&corpus).context("creating the fuzz corpus directory")?;
     let status = Command::new("cargo")
-        .args([
-            "+nightly",
-            "fuzz",
-            "run",
-            target,
-            "--fuzz-dir",
-            "fuzz",
-            "--",
-        ])
+        .args(["+nightly", "fuzz", "run", "--fuzz-dir", "fuzz", target])
+        .args([corpus.as_str(), "fuzz/seeds", "--"])
         .arg(format!("-max_total_time={seconds}"))
         .arg("-rss_limit_mb=4096")
         .status()
@@ -133,6 +114,35 @@ fn fuzz(target: &str, seconds: u64) -> Result<()> {
 fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
     println!("\n==> xtask test: {name}");
     f().with_context(|| format!("step `{name}` failed"))
+}
+
+/// The enforcer and the test harness binaries (demo, bench, netns helper), release mode.
+fn build_release_bins() -> Result<()> {
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "enforcer",
+        "-p",
+        "bulkhead-tests",
+        "--bins",
+    ])
+}
+
+/// Runs a binary of this workspace built in release mode.
+fn run_built(name: &str) -> Result<()> {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || std::path::PathBuf::from("target"),
+        std::path::PathBuf::from,
+    );
+    let path = target.join("release").join(name);
+    let status = Command::new(&path)
+        .status()
+        .with_context(|| format!("running {}", path.display()))?;
+    if !status.success() {
+        bail!("{name} failed ({status})");
+    }
+    Ok(())
 }
 
 /// Runs cargo with the given arguments in the workspace root.
