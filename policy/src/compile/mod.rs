@@ -175,9 +175,15 @@ impl Compiler {
                 by_local[*ls].push(pi);
             }
         }
+        // Peers of every rule, once per rule (each distinct peer list once per compile).
+        let peer_sets: Vec<Vec<Option<Arc<Vec<u32>>>>> = lowered
+            .iter()
+            .map(|p| p.rules.iter().map(|r| r.peers.as_ref().map(|ps| uni.peers(ps))).collect())
+            .collect();
+        let ctx = Ctx { uni: &uni, policies: &lowered, peer_sets: &peer_sets, at };
         for (ls, pols) in by_local.iter().enumerate() {
             for dir in [Direction::Ingress, Direction::Egress] {
-                compile_local(&mut uni, &lowered, pols, ls, dir, at, &mut state);
+                compile_local(&ctx, pols, ls, dir, &mut state);
             }
         }
         Ok(state)
@@ -290,15 +296,17 @@ fn emit(state: &mut CompiledState, local: u32, peer: u32, dir: u8, proto: u8, se
     }
 }
 
-fn compile_local(
-    uni: &mut Universe,
-    policies: &[Arc<ir::Policy>],
-    pols: &[usize],
-    ls: usize,
-    dir: Direction,
+/// Inputs shared by every local identity of one compile.
+struct Ctx<'a> {
+    uni: &'a Universe,
+    policies: &'a [Arc<ir::Policy>],
+    /// Selected peers per policy, per rule.
+    peer_sets: &'a [Vec<Option<Arc<Vec<u32>>>>],
     at: Timestamp,
-    state: &mut CompiledState,
-) {
+}
+
+fn compile_local(ctx: &Ctx<'_>, pols: &[usize], ls: usize, dir: Direction, state: &mut CompiledState) {
+    let (uni, policies, at) = (ctx.uni, ctx.policies, ctx.at);
     let local = uni.ls_ids[ls];
     let mut isolators: Vec<(&crate::model::ObjectKey, bool, u32)> = Vec::new();
     let mut rules: Vec<CRule<'_>> = Vec::new();
@@ -307,8 +315,8 @@ fn compile_local(
         if let Some((_, id)) = &p.isolates[dir_index(dir)] {
             isolators.push((&p.key, p.audit, *id));
         }
-        for r in p.rules.iter().filter(|r| r.direction == dir) {
-            let peers = r.peers.as_ref().map(|ps| uni.peers(ps));
+        for (ri, r) in p.rules.iter().enumerate().filter(|(_, r)| r.direction == dir) {
+            let peers = ctx.peer_sets[pi][ri].clone();
             rules.push(CRule {
                 tier: p.tier,
                 netpol: p.netpol,
@@ -342,7 +350,7 @@ fn compile_local(
             default,
         );
     }
-    let local_ports = uni.label_sets[ls].ports.clone();
+    let local_ports = &uni.label_sets[ls].ports;
     // Destination named ports for a peer: ingress -> the local workload; egress -> the peer's.
     let peer_ls = |peer: u32| match uni.peer_kinds.get(&peer) {
         Some(PeerKind::Workload(l)) | Some(PeerKind::Composite(l, _)) => Some(*l),

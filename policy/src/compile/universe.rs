@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::identity::{
     AllocationTable, IdentityInfo, LabelSet, addr_bytes, cidr_key, composite_key, net_bytes,
@@ -39,6 +40,8 @@ pub(crate) struct Universe {
     /// Workload -> (label set index, ips, cgroup).
     pub workloads: BTreeMap<WorkloadRef, (usize, Vec<IpAddr>, Option<String>)>,
     pub addresses: BTreeMap<AddrPrefix, u32>,
+    /// Namespace name -> (labels, label sets of its workloads).
+    namespaces: BTreeMap<String, (BTreeMap<String, String>, Vec<usize>)>,
     subject_cache: HashMap<String, Arc<Vec<usize>>>,
     peer_cache: HashMap<String, Arc<Vec<u32>>>,
 }
@@ -176,7 +179,18 @@ impl Universe {
                 );
             }
         }
+        let mut namespaces: BTreeMap<String, (BTreeMap<String, String>, Vec<usize>)> = inventory
+            .namespaces
+            .iter()
+            .map(|n| (n.name.clone(), (inventory.namespace_labels(&n.name).unwrap_or_default(), Vec::new())))
+            .collect();
+        for (i, ls) in label_sets.iter().enumerate() {
+            if let Some(n) = namespaces.get_mut(&ls.namespace) {
+                n.1.push(i);
+            }
+        }
         Ok(Universe {
+            namespaces,
             label_sets,
             ls_ids,
             cidrs,
@@ -223,6 +237,42 @@ impl Universe {
         out
     }
 
+    /// Label sets in the namespaces selected by `namespace` (fixed) or `ns_sel` (None: all),
+    /// matching `pod_sel` (None: all) and `extra`.
+    fn select(
+        &self,
+        namespace: Option<&str>,
+        ns_sel: Option<&LabelSelector>,
+        pod_sel: Option<&LabelSelector>,
+        extra: impl Fn(&LabelSet) -> bool,
+    ) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut visit = |labels: &BTreeMap<String, String>, members: &[usize]| {
+            if ns_sel.is_none_or(|sel| matches(sel, labels)) {
+                for &i in members {
+                    let ls = &self.label_sets[i];
+                    if pod_sel.is_none_or(|sel| matches(sel, &ls.labels)) && extra(ls) {
+                        out.push(i);
+                    }
+                }
+            }
+        };
+        match namespace {
+            Some(n) => {
+                if let Some((labels, members)) = self.namespaces.get(n) {
+                    visit(labels, members);
+                }
+            }
+            None => {
+                for (labels, members) in self.namespaces.values() {
+                    visit(labels, members);
+                }
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
     /// Label sets a policy subject selects (cached per distinct subject).
     pub fn subjects(&mut self, s: &ir::Subject) -> Arc<Vec<usize>> {
         let key = format!(
@@ -238,23 +288,10 @@ impl Universe {
         if let Some(v) = self.subject_cache.get(&key) {
             return v.clone();
         }
-        let v: Vec<usize> = self
-            .label_sets
-            .iter()
-            .enumerate()
-            .filter(|(_, ls)| {
-                s.namespace.as_ref().is_none_or(|n| *n == ls.namespace)
-                    && s.namespace_selector
-                        .as_ref()
-                        .is_none_or(|sel| matches(sel, &ls.namespace_labels))
-                    && s.pod_selector
-                        .as_ref()
-                        .is_none_or(|sel| matches(sel, &ls.labels))
-                    && (s.service_accounts.is_empty()
-                        || s.service_accounts.contains(&ls.service_account))
-            })
-            .map(|(i, _)| i)
-            .collect();
+        let sas: Vec<&str> = s.service_accounts.iter().map(String::as_str).collect();
+        let v = self.select(s.namespace.as_deref(), s.namespace_selector.as_ref(), s.pod_selector.as_ref(), |ls| {
+            sas.is_empty() || sas.contains(&ls.service_account.as_str())
+        });
         let v = Arc::new(v);
         self.subject_cache.insert(key, v.clone());
         v
@@ -275,26 +312,14 @@ impl Universe {
                     pod_selector,
                     service_account,
                 } => {
-                    for (i, ls) in self.label_sets.iter().enumerate() {
-                        let ok = namespace.as_ref().is_none_or(|n| *n == ls.namespace)
-                            && namespace_selector
-                                .as_ref()
-                                .is_none_or(|sel| matches(sel, &ls.namespace_labels))
-                            && pod_selector
-                                .as_ref()
-                                .is_none_or(|sel| matches(sel, &ls.labels))
-                            && service_account.as_ref().is_none_or(|(ns, name)| {
-                                *name == ls.service_account
-                                    && ns.as_ref().is_none_or(|n| *n == ls.namespace)
-                            });
-                        if ok {
-                            out.insert(self.ls_ids[i]);
-                            out.extend(
-                                self.composites_of_ls[i]
-                                    .iter()
-                                    .map(|c| self.composites[*c].2),
-                            );
-                        }
+                    let sel = self.select(namespace.as_deref(), namespace_selector.as_ref(), pod_selector.as_ref(), |ls| {
+                        service_account.as_ref().is_none_or(|(ns, name)| {
+                            *name == ls.service_account && ns.as_ref().is_none_or(|n| *n == ls.namespace)
+                        })
+                    });
+                    for i in sel {
+                        out.insert(self.ls_ids[i]);
+                        out.extend(self.composites_of_ls[i].iter().map(|c| self.composites[*c].2));
                     }
                 }
                 ir::Peer::Cidr { net, except } => {

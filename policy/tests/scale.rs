@@ -1,0 +1,105 @@
+//! Scale: 10,000 workloads in 1,000 namespaces under 2,000 policies of all kinds. Run in release:
+//! `cargo test --release -p bulkhead-policy --test scale -- --ignored --nocapture`.
+//! The time bounds are asserted only in release builds.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use bulkhead_policy::model::{NamedPort, Namespace, Workload};
+use bulkhead_policy::{AllocationTable, Compiler, Inventory, PolicySet, WorkloadRef, load};
+use serde_json::json;
+
+fn inventory() -> Inventory {
+    let mut inv = Inventory::default();
+    for n in 0..1000 {
+        let labels = BTreeMap::from([("team".to_string(), format!("t{}", n % 20)), ("env".to_string(), if n % 3 == 0 { "prod" } else { "dev" }.to_string())]);
+        inv.namespaces.push(Namespace { name: format!("ns-{n}"), labels });
+        for w in 0..10 {
+            let labels = BTreeMap::from([("app".to_string(), format!("app-{}", w % 5)), ("version".to_string(), format!("v{}", w / 5))]);
+            inv.workloads.push(Workload {
+                namespace: format!("ns-{n}"),
+                name: format!("w-{w}"),
+                labels,
+                service_account: if w % 2 == 0 { "default".into() } else { "robot".into() },
+                ips: vec![format!("10.{}.{}.{}", n / 256, n % 256, w + 1).parse().unwrap()],
+                ports: vec![NamedPort { name: "http".into(), port: 8080, protocol: "TCP".into() }],
+                cgroup: Some(format!("/sys/fs/cgroup/ns-{n}/w-{w}")),
+            });
+        }
+    }
+    inv
+}
+
+fn policies() -> String {
+    let mut docs = Vec::new();
+    for n in 0..1000 {
+        // Namespace isolation with same-namespace and one-neighbour-namespace peers.
+        docs.push(json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "web", "namespace": format!("ns-{n}")},
+            "spec": {"podSelector": {"matchLabels": {"app": format!("app-{}", n % 5)}},
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "app-0"}}},
+                                      {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": format!("ns-{}", (n + 1) % 1000)}}}],
+                             "ports": [{"port": "http"}, {"port": 9000, "endPort": 9100}]}]}}));
+        docs.push(json!({"apiVersion": "bulkhead.dev/v1alpha1", "kind": "SegmentationPolicy",
+            "metadata": {"name": "egress", "namespace": format!("ns-{n}")},
+            "spec": {"priority": 100, "subject": {"podSelector": {"matchExpressions": [{"key": "version", "operator": "In", "values": ["v1"]}]}},
+                "egress": [{"action": "Deny", "to": [{"cidr": "169.254.0.0/16"}]},
+                           {"action": "Allow", "to": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": 8080}]},
+                           {"action": "Allow", "to": [{"cidr": format!("192.0.{}.0/24", n % 256)}],
+                            "expiresAt": "2030-01-01T00:00:00Z"}]}}));
+    }
+    docs.push(json!({"apiVersion": "bulkhead.dev/v1alpha1", "kind": "ClusterSegmentationPolicy",
+        "metadata": {"name": "metadata"},
+        "spec": {"priority": 1, "egress": [{"action": "Deny", "to": [{"cidr": "169.254.169.254/32"}]}]}}));
+    docs.push(json!({"apiVersion": "bulkhead.dev/v1alpha1", "kind": "ClusterSegmentationPolicy",
+        "metadata": {"name": "prod-pass"},
+        "spec": {"priority": 2, "subject": {"namespaceSelector": {"matchLabels": {"env": "prod", "team": "t1"}}},
+                 "ingress": [{"action": "Pass", "from": [{"namespaceSelector": {"matchLabels": {"env": "prod"}}}]},
+                             {"action": "Deny", "from": [{"namespaceSelector": {"matchLabels": {"env": "dev", "team": "t2"}}}], "ports": [{"port": 22}]}]}}));
+    docs.iter().map(|d| serde_json::to_string(d).unwrap()).collect::<Vec<_>>().join("\n---\n")
+}
+
+#[test]
+#[ignore = "scale benchmark: run in release with --ignored"]
+fn ten_thousand_workloads() {
+    let inv = inventory();
+    let text = policies();
+    let objects = load::parse_documents("scale.yaml", &text).unwrap();
+    let set = PolicySet::from_objects(objects.into_iter().map(|o| ("scale.yaml".to_string(), o))).unwrap();
+    assert_eq!((inv.workloads.len(), inv.namespaces.len(), set.len()), (10_000, 1_000, 2_002));
+    let at = "2026-11-27T12:00:00Z".parse().unwrap();
+    let mut compiler = Compiler::new(AllocationTable::new());
+    let t = Instant::now();
+    let state = compiler.compile(&set, &inv, at).unwrap();
+    let full = t.elapsed();
+    eprintln!(
+        "full compile: {full:?}: {} policy entries, {} defaults, {} addresses, {} identities",
+        state.policy.len(),
+        state.defaults.len(),
+        state.addresses.len(),
+        state.identities.len()
+    );
+    // One pod relabel.
+    let mut inv2 = inv.clone();
+    inv2.set_workload_labels(&WorkloadRef::new("ns-7", "w-3"), BTreeMap::from([("app".to_string(), "app-0".to_string())]));
+    let t = Instant::now();
+    let relabeled = compiler.compile(&set, &inv2, at).unwrap();
+    let relabel = t.elapsed();
+    // One policy edit.
+    let mut set2 = set.clone();
+    let edit = load::parse_documents(
+        "edit.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: ns-9}\nspec: {podSelector: {}, ingress: [{ports: [{port: 443}]}]}\n",
+    )
+    .unwrap();
+    set2.apply("edit.yaml", edit.into_iter().next().unwrap()).unwrap();
+    let t = Instant::now();
+    let edited = compiler.compile(&set2, &inv, at).unwrap();
+    let policy_edit = t.elapsed();
+    eprintln!("relabel recompile: {relabel:?}, policy edit recompile: {policy_edit:?}");
+    assert_ne!(relabeled.policy, state.policy);
+    assert_ne!(edited.policy, state.policy);
+    if !cfg!(debug_assertions) {
+        assert!(full.as_millis() < 1000, "full compile took {full:?}");
+    }
+}
