@@ -29,6 +29,13 @@ pub struct EventReader {
 impl EventReader {
     /// Opens the pinned ring buffer and loss counters. Must run inside a tokio runtime.
     pub(super) fn open(root: &Path) -> Result<Self, DatapathError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(DatapathError::io(
+                "registering (outside a tokio runtime) the ring buffer of",
+                pins::map(root, pins::MAP_EVENTS),
+                std::io::Error::other("no tokio runtime"),
+            ));
+        }
         let ring: RingBuf<MapData> = typed!(root, pins::MAP_EVENTS);
         let losses: PerCpuArray<MapData, u64> = typed!(root, pins::MAP_EVENT_LOSSES);
         #[expect(

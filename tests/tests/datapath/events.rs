@@ -181,6 +181,10 @@ fn async_reader_wakes_on_new_events() {
     let mut env = Env::new("events-async");
     let m = env.base(1);
     env.dp().apply(&m).expect("apply");
+    assert!(
+        env.dp().event_reader().is_err(),
+        "outside a tokio runtime the reader is an error, not a panic"
+    );
     let rt = runtime();
     let mut reader = rt
         .block_on(async { env.dp.as_ref().expect("dp").event_reader() })
