@@ -12,17 +12,41 @@ use serde_json::json;
 fn inventory() -> Inventory {
     let mut inv = Inventory::default();
     for n in 0..1000 {
-        let labels = BTreeMap::from([("team".to_string(), format!("t{}", n % 20)), ("env".to_string(), if n % 3 == 0 { "prod" } else { "dev" }.to_string())]);
-        inv.namespaces.push(Namespace { name: format!("ns-{n}"), labels });
+        let labels = BTreeMap::from([
+            ("team".to_string(), format!("t{}", n % 20)),
+            (
+                "env".to_string(),
+                if n % 3 == 0 { "prod" } else { "dev" }.to_string(),
+            ),
+        ]);
+        inv.namespaces.push(Namespace {
+            name: format!("ns-{n}"),
+            labels,
+        });
         for w in 0..10 {
-            let labels = BTreeMap::from([("app".to_string(), format!("app-{}", w % 5)), ("version".to_string(), format!("v{}", w / 5))]);
+            let labels = BTreeMap::from([
+                ("app".to_string(), format!("app-{}", w % 5)),
+                ("version".to_string(), format!("v{}", w / 5)),
+            ]);
             inv.workloads.push(Workload {
                 namespace: format!("ns-{n}"),
                 name: format!("w-{w}"),
                 labels,
-                service_account: if w % 2 == 0 { "default".into() } else { "robot".into() },
-                ips: vec![format!("10.{}.{}.{}", n / 256, n % 256, w + 1).parse().unwrap()],
-                ports: vec![NamedPort { name: "http".into(), port: 8080, protocol: "TCP".into() }],
+                service_account: if w % 2 == 0 {
+                    "default".into()
+                } else {
+                    "robot".into()
+                },
+                ips: vec![
+                    format!("10.{}.{}.{}", n / 256, n % 256, w + 1)
+                        .parse()
+                        .unwrap(),
+                ],
+                ports: vec![NamedPort {
+                    name: "http".into(),
+                    port: 8080,
+                    protocol: "TCP".into(),
+                }],
                 cgroup: Some(format!("/sys/fs/cgroup/ns-{n}/w-{w}")),
             });
         }
@@ -56,7 +80,10 @@ fn policies() -> String {
         "spec": {"priority": 2, "subject": {"namespaceSelector": {"matchLabels": {"env": "prod", "team": "t1"}}},
                  "ingress": [{"action": "Pass", "from": [{"namespaceSelector": {"matchLabels": {"env": "prod"}}}]},
                              {"action": "Deny", "from": [{"namespaceSelector": {"matchLabels": {"env": "dev", "team": "t2"}}}], "ports": [{"port": 22}]}]}}));
-    docs.iter().map(|d| serde_json::to_string(d).unwrap()).collect::<Vec<_>>().join("\n---\n")
+    docs.iter()
+        .map(|d| serde_json::to_string(d).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n---\n")
 }
 
 #[test]
@@ -65,8 +92,12 @@ fn ten_thousand_workloads() {
     let inv = inventory();
     let text = policies();
     let objects = load::parse_documents("scale.yaml", &text).unwrap();
-    let set = PolicySet::from_objects(objects.into_iter().map(|o| ("scale.yaml".to_string(), o))).unwrap();
-    assert_eq!((inv.workloads.len(), inv.namespaces.len(), set.len()), (10_000, 1_000, 2_002));
+    let set = PolicySet::from_objects(objects.into_iter().map(|o| ("scale.yaml".to_string(), o)))
+        .unwrap();
+    assert_eq!(
+        (inv.workloads.len(), inv.namespaces.len(), set.len()),
+        (10_000, 1_000, 2_002)
+    );
     let at = "2026-11-27T12:00:00Z".parse().unwrap();
     let mut compiler = Compiler::new(AllocationTable::new());
     let t = Instant::now();
@@ -81,7 +112,10 @@ fn ten_thousand_workloads() {
     );
     // One pod relabel.
     let mut inv2 = inv.clone();
-    inv2.set_workload_labels(&WorkloadRef::new("ns-7", "w-3"), BTreeMap::from([("app".to_string(), "app-0".to_string())]));
+    inv2.set_workload_labels(
+        &WorkloadRef::new("ns-7", "w-3"),
+        BTreeMap::from([("app".to_string(), "app-0".to_string())]),
+    );
     let t = Instant::now();
     let relabeled = compiler.compile(&set, &inv2, at).unwrap();
     let relabel = t.elapsed();
@@ -92,7 +126,8 @@ fn ten_thousand_workloads() {
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: ns-9}\nspec: {podSelector: {}, ingress: [{ports: [{port: 443}]}]}\n",
     )
     .unwrap();
-    set2.apply("edit.yaml", edit.into_iter().next().unwrap()).unwrap();
+    set2.apply("edit.yaml", edit.into_iter().next().unwrap())
+        .unwrap();
     let t = Instant::now();
     let edited = compiler.compile(&set2, &inv, at).unwrap();
     let policy_edit = t.elapsed();

@@ -178,9 +178,19 @@ impl Compiler {
         // Peers of every rule, once per rule (each distinct peer list once per compile).
         let peer_sets: Vec<Vec<Option<Arc<Vec<u32>>>>> = lowered
             .iter()
-            .map(|p| p.rules.iter().map(|r| r.peers.as_ref().map(|ps| uni.peers(ps))).collect())
+            .map(|p| {
+                p.rules
+                    .iter()
+                    .map(|r| r.peers.as_ref().map(|ps| uni.peers(ps)))
+                    .collect()
+            })
             .collect();
-        let ctx = Ctx { uni: &uni, policies: &lowered, peer_sets: &peer_sets, at };
+        let ctx = Ctx {
+            uni: &uni,
+            policies: &lowered,
+            peer_sets: &peer_sets,
+            at,
+        };
         for (ls, pols) in by_local.iter().enumerate() {
             for dir in [Direction::Ingress, Direction::Egress] {
                 compile_local(&ctx, pols, ls, dir, &mut state);
@@ -305,7 +315,13 @@ struct Ctx<'a> {
     at: Timestamp,
 }
 
-fn compile_local(ctx: &Ctx<'_>, pols: &[usize], ls: usize, dir: Direction, state: &mut CompiledState) {
+fn compile_local(
+    ctx: &Ctx<'_>,
+    pols: &[usize],
+    ls: usize,
+    dir: Direction,
+    state: &mut CompiledState,
+) {
     let (uni, policies, at) = (ctx.uni, ctx.policies, ctx.at);
     let local = uni.ls_ids[ls];
     let mut isolators: Vec<(&crate::model::ObjectKey, bool, u32)> = Vec::new();
@@ -315,7 +331,12 @@ fn compile_local(ctx: &Ctx<'_>, pols: &[usize], ls: usize, dir: Direction, state
         if let Some((_, id)) = &p.isolates[dir_index(dir)] {
             isolators.push((&p.key, p.audit, *id));
         }
-        for (ri, r) in p.rules.iter().enumerate().filter(|(_, r)| r.direction == dir) {
+        for (ri, r) in p
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.direction == dir)
+        {
             let peers = ctx.peer_sets[pi][ri].clone();
             rules.push(CRule {
                 tier: p.tier,

@@ -182,7 +182,15 @@ impl Universe {
         let mut namespaces: BTreeMap<String, (BTreeMap<String, String>, Vec<usize>)> = inventory
             .namespaces
             .iter()
-            .map(|n| (n.name.clone(), (inventory.namespace_labels(&n.name).unwrap_or_default(), Vec::new())))
+            .map(|n| {
+                (
+                    n.name.clone(),
+                    (
+                        inventory.namespace_labels(&n.name).unwrap_or_default(),
+                        Vec::new(),
+                    ),
+                )
+            })
             .collect();
         for (i, ls) in label_sets.iter().enumerate() {
             if let Some(n) = namespaces.get_mut(&ls.namespace) {
@@ -289,9 +297,12 @@ impl Universe {
             return v.clone();
         }
         let sas: Vec<&str> = s.service_accounts.iter().map(String::as_str).collect();
-        let v = self.select(s.namespace.as_deref(), s.namespace_selector.as_ref(), s.pod_selector.as_ref(), |ls| {
-            sas.is_empty() || sas.contains(&ls.service_account.as_str())
-        });
+        let v = self.select(
+            s.namespace.as_deref(),
+            s.namespace_selector.as_ref(),
+            s.pod_selector.as_ref(),
+            |ls| sas.is_empty() || sas.contains(&ls.service_account.as_str()),
+        );
         let v = Arc::new(v);
         self.subject_cache.insert(key, v.clone());
         v
@@ -312,14 +323,24 @@ impl Universe {
                     pod_selector,
                     service_account,
                 } => {
-                    let sel = self.select(namespace.as_deref(), namespace_selector.as_ref(), pod_selector.as_ref(), |ls| {
-                        service_account.as_ref().is_none_or(|(ns, name)| {
-                            *name == ls.service_account && ns.as_ref().is_none_or(|n| *n == ls.namespace)
-                        })
-                    });
+                    let sel = self.select(
+                        namespace.as_deref(),
+                        namespace_selector.as_ref(),
+                        pod_selector.as_ref(),
+                        |ls| {
+                            service_account.as_ref().is_none_or(|(ns, name)| {
+                                *name == ls.service_account
+                                    && ns.as_ref().is_none_or(|n| *n == ls.namespace)
+                            })
+                        },
+                    );
                     for i in sel {
                         out.insert(self.ls_ids[i]);
-                        out.extend(self.composites_of_ls[i].iter().map(|c| self.composites[*c].2));
+                        out.extend(
+                            self.composites_of_ls[i]
+                                .iter()
+                                .map(|c| self.composites[*c].2),
+                        );
                     }
                 }
                 ir::Peer::Cidr { net, except } => {
