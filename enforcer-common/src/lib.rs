@@ -208,6 +208,9 @@ pub struct FlowValue {
 
 /// `SockDecision::flags`: the entry holds a decision (a zeroed, freshly created entry does not).
 pub const SOCK_DECISION_VALID: u8 = 1;
+/// `SockDecision::flags`: a listening socket, or a socket accepted from one (the storage is
+/// cloned into accepted children): its connections are ingress-oriented.
+pub const SOCK_DECISION_PASSIVE: u8 = 2;
 
 const _: () = {
     assert!(core::mem::size_of::<PolicyKey>() == 12);

@@ -5,8 +5,13 @@
 //! Sizes here are defaults: user space may change `max_entries` at load time (the ring buffer
 //! size in particular).
 
+use core::{ffi::c_void, ptr};
+
 use aya_ebpf::{
-    btf_maps::SkStorage,
+    bindings::{
+        BPF_F_CLONE, BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE, bpf_map_type, bpf_sock,
+    },
+    helpers::generated::bpf_sk_storage_get,
     macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
@@ -39,9 +44,53 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 #[map]
 pub static EVENT_LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
-/// Socket storage must be a BTF map (pitfall 3).
+/// Socket storage must be a BTF map (pitfall 3). aya-ebpf's `SkStorage` fixes its flags to
+/// `BPF_F_NO_PREALLOC`; this one adds `BPF_F_CLONE`, so that the mark a listener gets at its
+/// first SYN is copied into every socket accepted from it. The layout is the BTF map definition
+/// aya-ebpf's own `btf_map_def!` generates: the loader reads type, key, value and flags from it.
+#[repr(C)]
+pub struct CloneableSkStorage {
+    r#type: *const [i32; bpf_map_type::BPF_MAP_TYPE_SK_STORAGE as usize],
+    key: *const i32,
+    value: *const SockDecision,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; (BPF_F_NO_PREALLOC | BPF_F_CLONE) as usize],
+}
+
+// SAFETY: placeholder pointers patched by the loader, never dereferenced (as in aya-ebpf).
+unsafe impl Sync for CloneableSkStorage {}
+
+impl CloneableSkStorage {
+    pub const fn new() -> Self {
+        Self {
+            r#type: ptr::null(),
+            key: ptr::null(),
+            value: ptr::null(),
+            max_entries: ptr::null(),
+            map_flags: ptr::null(),
+        }
+    }
+}
+
 #[btf_map]
-pub static SOCK_DECISIONS: SkStorage<SockDecision> = SkStorage::new();
+pub static SOCK_DECISIONS: CloneableSkStorage = CloneableSkStorage::new();
+
+/// The socket's decision slot (created zeroed when `create`), or null. `sk` must be a full
+/// socket (or null).
+#[inline(always)]
+pub fn sock_storage(sk: *mut bpf_sock, create: bool) -> *mut SockDecision {
+    if sk.is_null() {
+        return ptr::null_mut();
+    }
+    let flags = if create {
+        u64::from(BPF_SK_STORAGE_GET_F_CREATE)
+    } else {
+        0
+    };
+    let map = ptr::from_ref(&SOCK_DECISIONS).cast_mut().cast::<c_void>();
+    // SAFETY: `sk` is a full socket; the map is this object's socket storage map.
+    unsafe { bpf_sk_storage_get(map, sk.cast(), ptr::null_mut(), flags) }.cast::<SockDecision>()
+}
 
 /// `CONFIG[0]`, or a zero revision and the default unmanaged identity before the first write.
 #[inline(always)]

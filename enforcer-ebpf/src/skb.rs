@@ -4,11 +4,12 @@
 //! - a TCP SYN (without ACK) at ingress is a new inbound connection: ingress decision, one event
 //!   (retransmitted SYNs of the same attempt follow the recorded decision silently);
 //! - a TCP socket that went through `connect` carries its egress decision in `SOCK_DECISIONS`;
-//! - every other full TCP socket is passive (an accepted child, or the listener itself during the
-//!   handshake): decided silently at ingress orientation (peer = remote address, port = local
-//!   port) and, except for listeners, cached in `SOCK_DECISIONS`. Accepted children never pass
-//!   `connect`, so the absence of a connect-time entry is what marks them passive; no sock_ops
-//!   program is needed;
+//! - a listener gets the passive mark in its socket storage at its first SYN; the storage map has
+//!   `BPF_F_CLONE`, so every socket it accepts inherits the mark and is decided silently at
+//!   ingress orientation (peer = remote address, port = local port), then cached. Listeners
+//!   themselves (handshake packets) are decided the same way, never cached;
+//! - a connected TCP socket with neither mark (it predates the programs) passes when either
+//!   orientation allows it, and keeps the orientation that did;
 //! - UDP and port-less protocols: a connected socket's cached decision, else the `FLOWS` entry
 //!   of (socket cookie, remote address, remote port), else a new flow oriented by the hook that
 //!   saw its first packet (event written once).
@@ -19,23 +20,22 @@
 use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
-    bindings::{BPF_SK_STORAGE_GET_F_CREATE, bpf_sock},
+    bindings::bpf_sock,
     helpers::generated::{
-        bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_sk_fullsock, bpf_sk_storage_get,
-        bpf_skb_cgroup_id,
+        bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_sk_fullsock, bpf_skb_cgroup_id,
     },
     programs::SkBuffContext,
 };
 use enforcer_common::{
     AddrKey, DIR_EGRESS, DIR_INGRESS, FlowKey, FlowValue, HOOK_SKB_EGRESS, HOOK_SKB_INGRESS,
-    PROTO_SCTP, PROTO_TCP, PROTO_UDP, SOCK_DECISION_VALID, SockDecision, VERDICT_DENY,
-    VerdictEvent,
+    PROTO_SCTP, PROTO_TCP, PROTO_UDP, SOCK_DECISION_PASSIVE, SOCK_DECISION_VALID, SockDecision,
+    VERDICT_DENY, VerdictEvent,
 };
 
 use crate::{
     decide::{Decision, decide},
     events::emit,
-    maps::{self, FLOWS, SOCK_DECISIONS},
+    maps::{self, FLOWS},
     packet::{self, Packet},
 };
 
@@ -101,7 +101,7 @@ pub fn try_skb(ctx: &SkBuffContext, hook_dir: u8) -> Result<bool, i64> {
     let sk = full_socket(ctx);
     if pkt.protocol == PROTO_TCP {
         if hook_dir == DIR_INGRESS && pkt.syn {
-            return Ok(syn(&view, &pkt));
+            return Ok(syn(&view, &pkt, sk));
         }
         return Ok(tcp(&view, sk));
     }
@@ -118,22 +118,6 @@ fn full_socket(ctx: &SkBuffContext) -> *mut bpf_sock {
     }
     // SAFETY: `sk` is a non-null socket pointer from the context.
     unsafe { bpf_sk_fullsock(sk) }
-}
-
-/// This socket's decision slot (created zeroed when `create`), or null.
-#[inline(always)]
-fn storage(sk: *mut bpf_sock, create: bool) -> *mut SockDecision {
-    if sk.is_null() {
-        return ptr::null_mut();
-    }
-    let flags = if create {
-        u64::from(BPF_SK_STORAGE_GET_F_CREATE)
-    } else {
-        0
-    };
-    let map = ptr::from_ref(&SOCK_DECISIONS).cast_mut().cast::<c_void>();
-    // SAFETY: `sk` is a full socket; the map is this object's socket storage map.
-    unsafe { bpf_sk_storage_get(map, sk.cast(), ptr::null_mut(), flags) }.cast::<SockDecision>()
 }
 
 /// Follows a valid cached decision of the current revision; decides again (and stores) one of
@@ -176,7 +160,8 @@ fn store(slot: *mut SockDecision, revision: u64, direction: u8, d: &Decision) {
 
 /// A TCP SYN at ingress: a new inbound connection attempt.
 #[inline(always)]
-fn syn(view: &View, pkt: &Packet) -> bool {
+fn syn(view: &View, pkt: &Packet, sk: *mut bpf_sock) -> bool {
+    mark_passive(sk);
     let key = flow_key(view, PROTO_TCP, view.remote_port);
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
@@ -209,24 +194,70 @@ fn tcp(view: &View, sk: *mut bpf_sock) -> bool {
     // SAFETY: a full socket; `state` is a readable field.
     let state = unsafe { (*sk).state };
     if state == TCP_LISTEN {
+        mark_passive(sk);
         return passive(view);
     }
-    let slot = storage(sk, true);
+    let slot = maps::sock_storage(sk, true);
     if slot.is_null() {
         return passive(view);
     }
     if let Some(pass) = follow_or_refresh(view, slot, PROTO_TCP) {
         return pass;
     }
-    let d = decide(
+    // SAFETY: a non-null storage pointer of this socket; copied out at once.
+    let marks = unsafe { (*slot).flags };
+    let (direction, d) = if marks & SOCK_DECISION_PASSIVE != 0 {
+        let d = decide(
+            view.local,
+            &view.remote,
+            DIR_INGRESS,
+            PROTO_TCP,
+            view.local_port,
+        );
+        (DIR_INGRESS, d)
+    } else {
+        unknown_orientation(view)
+    };
+    store(slot, view.revision, direction, &d);
+    d.passes()
+}
+
+/// A connected TCP socket with neither a connect-time decision nor the passive mark existed
+/// before the programs were attached: its orientation is unknown. It passes when either
+/// orientation allows it (egress first), and keeps the orientation that did.
+#[inline(always)]
+fn unknown_orientation(view: &View) -> (u8, Decision) {
+    let egress = decide(
+        view.local,
+        &view.remote,
+        DIR_EGRESS,
+        PROTO_TCP,
+        view.remote_port,
+    );
+    if egress.passes() {
+        return (DIR_EGRESS, egress);
+    }
+    let ingress = decide(
         view.local,
         &view.remote,
         DIR_INGRESS,
         PROTO_TCP,
         view.local_port,
     );
-    store(slot, view.revision, DIR_INGRESS, &d);
-    d.passes()
+    if ingress.passes() {
+        return (DIR_INGRESS, ingress);
+    }
+    (DIR_EGRESS, egress)
+}
+
+/// Marks a listener passive; `BPF_F_CLONE` copies the mark into the sockets it accepts.
+#[inline(always)]
+fn mark_passive(sk: *mut bpf_sock) {
+    let slot = maps::sock_storage(sk, true);
+    if !slot.is_null() {
+        // SAFETY: a non-null storage pointer of this socket.
+        unsafe { (*slot).flags |= SOCK_DECISION_PASSIVE };
+    }
 }
 
 /// A silent ingress-oriented decision (listener handshake packets, non-full sockets).
@@ -245,7 +276,7 @@ fn passive(view: &View) -> bool {
 /// UDP, SCTP and port-less protocols.
 #[inline(always)]
 fn datagram(view: &View, pkt: &Packet, sk: *mut bpf_sock) -> bool {
-    let slot = storage(sk, false);
+    let slot = maps::sock_storage(sk, false);
     if !slot.is_null()
         && let Some(pass) = follow_or_refresh(view, slot, pkt.protocol)
     {

@@ -19,7 +19,7 @@ use enforcer_common::{
 use crate::{
     decide::{Decision, decide},
     events::emit,
-    maps::{self, FLOWS, SOCK_DECISIONS},
+    maps::{self, FLOWS},
     packet::v4_mapped,
 };
 
@@ -49,6 +49,13 @@ fn ip6_key(words: &[u32; 4]) -> AddrKey {
     key[8..12].copy_from_slice(&c.to_ne_bytes());
     key[12..16].copy_from_slice(&d.to_ne_bytes());
     key
+}
+
+/// The context's socket (a full socket for connect and sendmsg).
+#[inline(always)]
+fn sa_sock(sa: &bpf_sock_addr) -> *mut aya_ebpf::bindings::bpf_sock {
+    // SAFETY: reading the union's pointer member, which is what the kernel provides.
+    unsafe { sa.__bindgen_anon_1.sk }
 }
 
 #[inline(always)]
@@ -124,10 +131,10 @@ pub fn try_connect(ctx: &SockAddrContext, v6: bool) -> Result<bool, i64> {
     };
     let (remote, port) = user_dest(sa, v6);
     let d = decide(local, &remote, DIR_EGRESS, protocol, port);
-    // SAFETY: the storage pointer, when not null, points to this socket's own entry.
-    unsafe {
-        let slot = SOCK_DECISIONS.get_or_insert_ptr_mut(ctx, None);
-        if !slot.is_null() {
+    let slot = maps::sock_storage(sa_sock(sa), true);
+    if !slot.is_null() {
+        // SAFETY: a non-null storage pointer of this socket.
+        unsafe {
             *slot = SockDecision {
                 revision,
                 rule_id: d.rule_id,

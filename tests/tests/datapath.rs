@@ -254,8 +254,11 @@ fn revision_change_re_decides_accepted_connections_in_ingress_orientation() {
         allow(20),
     );
     isolate(&mut m, SERVER, DIR_INGRESS, 98);
-    // The server may not open connections itself: its replies pass only as part of the
-    // accepted (ingress) connection.
+    // The server may also open connections to the client on any port: the egress orientation
+    // would allow the accepted socket too, so only the passive mark (cloned from the listener)
+    // makes the ingress orientation the one that counts.
+    m.policy
+        .insert(key(SERVER, CLIENT, DIR_EGRESS, PROTO_TCP, 0, 0), allow(25));
     isolate(&mut m, SERVER, DIR_EGRESS, 97);
     env.dp().apply(&m).expect("apply");
     let (mut session, first) = env
@@ -271,8 +274,10 @@ fn revision_change_re_decides_accepted_connections_in_ingress_orientation() {
         session.exchange().expect("exchange"),
         ProbeResult::Connected
     );
+    // The ingress grant goes, the egress grant stays: the accepted socket is ingress-oriented,
+    // so the flow stops.
     m.revision = 3;
-    m.policy.clear();
+    m.policy.retain(|(k, _), _| k.direction != DIR_INGRESS);
     env.dp().apply(&m).expect("apply");
     assert_eq!(session.exchange().expect("exchange"), ProbeResult::Timeout);
 }
@@ -496,4 +501,54 @@ fn portless_protocols_match_proto_other_entries() {
         );
         assert_eq!(e.dst_addr, mapped(ip));
     }
+}
+
+#[test]
+fn connections_older_than_the_install_pass_when_either_orientation_allows() {
+    if skip() {
+        return;
+    }
+    let mut env = Env::without_datapath("preexisting");
+    let _tcp = env.server.serve(&[80], Proto::Tcp).expect("server");
+    let (mut session, first) = env
+        .client
+        .open_session(env.server_v4(), 80, Duration::from_secs(1))
+        .expect("session");
+    assert_eq!(first, ProbeResult::Connected);
+    assert_eq!(env.adopt().origin(), enforcer::datapath::Origin::Installed);
+    let mut m = env.base(1);
+    // Both ends are isolated both ways; only the client's egress and the server's ingress to
+    // port 80 are granted. Neither socket went through the programs' connect or SYN handling.
+    m.policy.insert(
+        key(CLIENT, SERVER, DIR_EGRESS, PROTO_TCP, 80, 16),
+        allow(10),
+    );
+    m.policy.insert(
+        key(SERVER, CLIENT, DIR_INGRESS, PROTO_TCP, 80, 16),
+        allow(20),
+    );
+    for (local, dir) in [
+        (CLIENT, DIR_EGRESS),
+        (CLIENT, DIR_INGRESS),
+        (SERVER, DIR_EGRESS),
+        (SERVER, DIR_INGRESS),
+    ] {
+        isolate(&mut m, local, dir, 90);
+    }
+    env.dp().apply(&m).expect("apply");
+    // Client socket: egress orientation allows. Server socket: egress (to the client's ephemeral
+    // port) is denied, ingress to 80 allows.
+    assert_eq!(
+        session.exchange().expect("exchange"),
+        ProbeResult::Connected
+    );
+    assert_eq!(
+        session.exchange().expect("exchange"),
+        ProbeResult::Connected
+    );
+    // The client's socket kept the egress orientation: withdrawing that grant stops the flow.
+    m.revision = 2;
+    m.policy.retain(|(k, _), _| k.local_identity != CLIENT);
+    env.dp().apply(&m).expect("apply");
+    assert_eq!(session.exchange().expect("exchange"), ProbeResult::Timeout);
 }
