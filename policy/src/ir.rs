@@ -100,6 +100,20 @@ pub(crate) struct Policy {
     /// Namespace tier only: whether the policy isolates its subjects (ingress, egress).
     pub isolates: [Option<(RuleRef, u32)>; 2],
     pub rules: Vec<Rule>,
+    /// Hash of everything above (set by [`Policy::seal`]), for the compiler's incremental cache.
+    pub fingerprint: u64,
+}
+
+impl Policy {
+    /// Computes the fingerprint.
+    pub fn seal(mut self) -> Self {
+        use std::hash::{Hash, Hasher};
+        self.fingerprint = 0;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        format!("{self:?}").hash(&mut h);
+        self.fingerprint = h.finish();
+        self
+    }
 }
 
 /// Index of a direction in `[ingress, egress]` arrays.

@@ -388,7 +388,9 @@ fn lower_crd(
         subject,
         isolates,
         rules,
-    })
+        fingerprint: 0,
+    }
+    .seal())
 }
 
 fn crd_peer(
@@ -537,7 +539,9 @@ fn lower_netpol(ctx: &Ctx<'_>, key: ObjectKey, np: &NetworkPolicy) -> Result<ir:
         },
         isolates,
         rules,
-    })
+        fingerprint: 0,
+    }
+    .seal())
 }
 
 fn netpol_peers(

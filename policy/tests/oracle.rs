@@ -344,8 +344,34 @@ fn check(seed: u64) -> Result<(), TestCaseError> {
     let set = PolicySet::from_objects(objects.into_iter().map(|o| ("gen.yaml".to_string(), o)))
         .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
     let at: Timestamp = rng.pick(&TIMES).parse().unwrap();
+    // A related earlier state (one policy missing, one workload relabelled, another instant), so
+    // that the checked compile is an incremental one.
     let mut compiler = Compiler::new(AllocationTable::new());
+    let mut set0 = set.clone();
+    if let Some(k) = set
+        .objects()
+        .map(|(k, _)| k.clone())
+        .nth(rng.below(set.len().max(1)))
+    {
+        set0.remove(&k);
+    }
+    let mut inv0 = inv.clone();
+    if !inv0.workloads.is_empty() {
+        let i = rng.below(inv0.workloads.len());
+        inv0.workloads[i].labels.insert("tier".into(), "fe".into());
+    }
+    compiler
+        .compile(&set0, &inv0, rng.pick(&TIMES).parse().unwrap())
+        .unwrap();
     let state = compiler.compile(&set, &inv, at).unwrap();
+    let fresh = Compiler::new(compiler.table().clone())
+        .compile(&set, &inv, at)
+        .unwrap();
+    prop_assert!(
+        fresh == state,
+        "incremental compile differs from a fresh one; seed {}",
+        seed
+    );
     let eps = endpoints(&inv);
     for src in &eps {
         for dst in &eps {

@@ -16,7 +16,10 @@ mod universe;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashSet;
+use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -94,10 +97,71 @@ pub(crate) fn cidr_selects(net: &IpNet, except: &[IpNet], c: &IpNet) -> bool {
     net.contains(c) && !except.iter().any(|e| e.contains(c))
 }
 
-/// The compiler; holds the identity allocation table across compiles.
+/// The compiler; holds the identity allocation table and the incremental cache across
+/// compiles. The cache keeps, per `(local identity, direction)`, a fingerprint of every input its
+/// entries depend on (its label set, the applicable policies, their rules' selected peers, which
+/// windows are open, and for egress named ports the peers' ports) with the entries it produced,
+/// plus the previous maps: a recompile only resolves the `(local, direction)` pairs whose inputs
+/// changed and patches the maps.
 #[derive(Clone, Debug, Default)]
 pub struct Compiler {
     table: AllocationTable,
+    cache: Cache,
+}
+
+/// What one `(local identity, direction)` produced.
+#[derive(Clone, Debug, Default)]
+struct LocalOut {
+    entries: Vec<(PolicyEntryKey, PolicyValue)>,
+    default: Option<(DefaultKey, PolicyValue)>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Cache {
+    locals: HashMap<(u32, u8), (u64, LocalOut)>,
+    /// Label sets by a hash of their workload inputs (see [`Universe::build`]).
+    label_sets: HashMap<u64, Vec<(crate::identity::LabelSet, String)>>,
+    /// Selector results of the previous compile and the universe signature they hold for.
+    selectors: SelectorCache,
+    policy: BTreeMap<PolicyEntryKey, PolicyValue>,
+    defaults: BTreeMap<DefaultKey, PolicyValue>,
+}
+
+/// Subject and peer selector results, valid for one universe signature.
+#[derive(Clone, Debug, Default)]
+struct SelectorCache {
+    signature: u64,
+    subjects: HashMap<String, Arc<Vec<usize>>>,
+    peers: HashMap<String, Arc<Vec<u32>>>,
+    /// Per policy fingerprint: its subjects and its rules' peers.
+    by_policy: HashMap<u64, PolicySelections>,
+}
+
+/// A policy's subject label sets, and per rule its selected peers (None: any) and their hash.
+type PolicySelections = (Arc<Vec<usize>>, Arc<Vec<(Option<Arc<Vec<u32>>>, u64)>>);
+
+impl Cache {
+    fn remove(&mut self, out: &LocalOut) {
+        for (k, _) in &out.entries {
+            self.policy.remove(k);
+        }
+        if let Some((k, _)) = &out.default {
+            self.defaults.remove(k);
+        }
+    }
+
+    fn insert(&mut self, out: &LocalOut) {
+        self.policy.extend(out.entries.iter().copied());
+        if let Some((k, v)) = out.default {
+            self.defaults.insert(k, v);
+        }
+    }
+}
+
+pub(crate) fn hash_of(x: impl Hash) -> u64 {
+    let mut h = DefaultHasher::new();
+    x.hash(&mut h);
+    h.finish()
 }
 
 const PROTOCOLS: [u8; 4] = [PROTO_TCP, PROTO_UDP, PROTO_SCTP, PROTO_OTHER];
@@ -108,7 +172,10 @@ type Segments = Vec<(u16, u16, PolicyValue)>;
 impl Compiler {
     /// A compiler that continues the numbering of `table`.
     pub fn new(table: AllocationTable) -> Self {
-        Compiler { table }
+        Compiler {
+            table,
+            cache: Cache::default(),
+        }
     }
 
     /// The allocation table (persist it to keep identities stable across restarts).
@@ -124,7 +191,19 @@ impl Compiler {
         at: Timestamp,
     ) -> Result<CompiledState, Error> {
         let lowered: Vec<Arc<ir::Policy>> = policies.lowered().cloned().collect();
-        let mut uni = Universe::build(&lowered, inventory, &mut self.table)?;
+        let mut uni = Universe::build(
+            &lowered,
+            inventory,
+            &mut self.table,
+            &mut self.cache.label_sets,
+        )?;
+        let mut prev = std::mem::take(&mut self.cache.selectors);
+        if prev.signature == uni.signature {
+            uni.subject_cache = std::mem::take(&mut prev.subjects);
+            uni.peer_cache = std::mem::take(&mut prev.peers);
+        } else {
+            prev.by_policy.clear();
+        }
         let mut state = CompiledState {
             addresses: uni.addresses.clone(),
             identities: uni.infos(),
@@ -168,34 +247,98 @@ impl Compiler {
             .flatten()
             .filter(|t| *t > at)
             .min();
-        // Subjects per policy, inverted to policies per label set.
+        // Subjects and rule peers per policy (reused by policy fingerprint while the universe is
+        // unchanged; each distinct selector evaluated once), inverted to policies per label set.
+        let mut by_policy = HashMap::new();
+        let mut per_policy: Vec<PolicySelections> = Vec::with_capacity(lowered.len());
+        for p in &lowered {
+            let sel = match prev.by_policy.get(&p.fingerprint) {
+                Some(v) => v.clone(),
+                None => {
+                    let subjects = uni.subjects(&p.subject);
+                    let peers: Vec<(Option<Arc<Vec<u32>>>, u64)> = p
+                        .rules
+                        .iter()
+                        .map(|r| {
+                            let set = r.peers.as_ref().map(|ps| uni.peers(ps));
+                            let h = set.as_ref().map_or(0, |v| hash_of(&**v));
+                            (set, h)
+                        })
+                        .collect();
+                    (subjects, Arc::new(peers))
+                }
+            };
+            by_policy.insert(p.fingerprint, sel.clone());
+            per_policy.push(sel);
+        }
         let mut by_local: Vec<Vec<usize>> = vec![Vec::new(); uni.label_sets.len()];
-        for (pi, p) in lowered.iter().enumerate() {
-            for ls in uni.subjects(&p.subject).iter() {
+        for (pi, (subjects, _)) in per_policy.iter().enumerate() {
+            for ls in subjects.iter() {
                 by_local[*ls].push(pi);
             }
         }
-        // Peers of every rule, once per rule (each distinct peer list once per compile).
-        let peer_sets: Vec<Vec<Option<Arc<Vec<u32>>>>> = lowered
+        let peer_sets: Vec<Vec<Option<Arc<Vec<u32>>>>> = per_policy
             .iter()
-            .map(|p| {
-                p.rules
-                    .iter()
-                    .map(|r| r.peers.as_ref().map(|ps| uni.peers(ps)))
-                    .collect()
-            })
+            .map(|(_, rs)| rs.iter().map(|(p, _)| p.clone()).collect())
             .collect();
+        let peer_hashes: Vec<Vec<u64>> = per_policy
+            .iter()
+            .map(|(_, rs)| rs.iter().map(|(_, h)| *h).collect())
+            .collect();
+        // Every peer identity with its label set's named ports (egress named-port resolution).
+        let ports_hash = hash_of((
+            &uni.ls_ids,
+            uni.label_sets.iter().map(|l| &l.ports).collect::<Vec<_>>(),
+            &uni.composites,
+        ));
         let ctx = Ctx {
             uni: &uni,
             policies: &lowered,
             peer_sets: &peer_sets,
             at,
         };
+        let mut seen = HashSet::new();
         for (ls, pols) in by_local.iter().enumerate() {
             for dir in [Direction::Ingress, Direction::Egress] {
-                compile_local(&ctx, pols, ls, dir, &mut state);
+                let key = (uni.ls_ids[ls], dir.to_raw());
+                seen.insert(key);
+                let fp = fingerprint(&ctx, &peer_hashes, ports_hash, pols, ls, dir);
+                if self
+                    .cache
+                    .locals
+                    .get(&key)
+                    .is_some_and(|(old, _)| *old == fp)
+                {
+                    continue;
+                }
+                let out = compile_local(&ctx, pols, ls, dir);
+                if let Some((_, old)) = self.cache.locals.remove(&key) {
+                    self.cache.remove(&old);
+                }
+                self.cache.insert(&out);
+                self.cache.locals.insert(key, (fp, out));
             }
         }
+        let gone: Vec<(u32, u8)> = self
+            .cache
+            .locals
+            .keys()
+            .filter(|k| !seen.contains(k))
+            .copied()
+            .collect();
+        for key in gone {
+            if let Some((_, old)) = self.cache.locals.remove(&key) {
+                self.cache.remove(&old);
+            }
+        }
+        self.cache.selectors = SelectorCache {
+            signature: uni.signature,
+            subjects: std::mem::take(&mut uni.subject_cache),
+            peers: std::mem::take(&mut uni.peer_cache),
+            by_policy,
+        };
+        state.policy = self.cache.policy.clone();
+        state.defaults = self.cache.defaults.clone();
         Ok(state)
     }
 }
@@ -291,7 +434,7 @@ fn diff(spec: &Segments, base: &Segments) -> Segments {
     out
 }
 
-fn emit(state: &mut CompiledState, local: u32, peer: u32, dir: u8, proto: u8, segs: &Segments) {
+fn emit(out: &mut LocalOut, local: u32, peer: u32, dir: u8, proto: u8, segs: &Segments) {
     for (s, e, v) in segs {
         for (start, prefix_len) in ports::blocks(*s, *e) {
             let key = PolicyKey {
@@ -301,7 +444,7 @@ fn emit(state: &mut CompiledState, local: u32, peer: u32, dir: u8, proto: u8, se
                 protocol: proto,
                 port_be: start.to_be_bytes(),
             };
-            state.policy.insert(PolicyEntryKey { key, prefix_len }, *v);
+            out.entries.push((PolicyEntryKey { key, prefix_len }, *v));
         }
     }
 }
@@ -315,14 +458,9 @@ struct Ctx<'a> {
     at: Timestamp,
 }
 
-fn compile_local(
-    ctx: &Ctx<'_>,
-    pols: &[usize],
-    ls: usize,
-    dir: Direction,
-    state: &mut CompiledState,
-) {
+fn compile_local(ctx: &Ctx<'_>, pols: &[usize], ls: usize, dir: Direction) -> LocalOut {
     let (uni, policies, at) = (ctx.uni, ctx.policies, ctx.at);
+    let mut out = LocalOut::default();
     let local = uni.ls_ids[ls];
     let mut isolators: Vec<(&crate::model::ObjectKey, bool, u32)> = Vec::new();
     let mut rules: Vec<CRule<'_>> = Vec::new();
@@ -351,7 +489,7 @@ fn compile_local(
         }
     }
     if rules.is_empty() && isolators.is_empty() {
-        return;
+        return out;
     }
     rules.sort_by(|a, b| a.order().cmp(&b.order()));
     isolators.sort();
@@ -362,14 +500,14 @@ fn compile_local(
     let raw_dir = dir.to_raw();
     let default = resolve::default_value(iso);
     if default != resolve::not_isolated() {
-        state.defaults.insert(
+        out.default = Some((
             DefaultKey {
                 local_identity: local,
                 direction: raw_dir,
                 _pad: [0; 3],
             },
             default,
-        );
+        ));
     }
     let local_ports = &uni.label_sets[ls].ports;
     // Destination named ports for a peer: ingress -> the local workload; egress -> the peer's.
@@ -387,7 +525,7 @@ fn compile_local(
     let mut any_segs: Vec<Segments> = Vec::new();
     for proto in PROTOCOLS {
         let segs = segments(&any_rules, proto, any_dst, iso, at);
-        emit(state, local, ANY, raw_dir, proto, &diff(&segs, &full));
+        emit(&mut out, local, ANY, raw_dir, proto, &diff(&segs, &full));
         any_segs.push(segs);
     }
     // Specific peers.
@@ -442,7 +580,47 @@ fn compile_local(
                 .collect()
         });
         for (proto, d) in PROTOCOLS.iter().zip(diffs.iter()) {
-            emit(state, local, peer, raw_dir, *proto, d);
+            emit(&mut out, local, peer, raw_dir, *proto, d);
         }
     }
+    out
+}
+
+/// Fingerprint of every input the entries of `(ls, dir)` depend on.
+fn fingerprint(
+    ctx: &Ctx<'_>,
+    peer_hashes: &[Vec<u64>],
+    ports_hash: u64,
+    pols: &[usize],
+    ls: usize,
+    dir: Direction,
+) -> u64 {
+    let mut h = DefaultHasher::new();
+    (ctx.uni.ls_ids[ls], dir, &ctx.uni.label_sets[ls]).hash(&mut h);
+    let mut named = false;
+    for &pi in pols {
+        let p = &ctx.policies[pi];
+        p.fingerprint.hash(&mut h);
+        for (ri, r) in p
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.direction == dir)
+        {
+            peer_hashes[pi][ri].hash(&mut h);
+            r.active_at(ctx.at).hash(&mut h);
+            for b in [r.not_before, r.expires_at].into_iter().flatten() {
+                (b <= ctx.at).hash(&mut h);
+            }
+            named |= r
+                .ports
+                .iter()
+                .flatten()
+                .any(|p| matches!(p, Port::Named { .. }));
+        }
+    }
+    if named && dir == Direction::Egress {
+        ports_hash.hash(&mut h);
+    }
+    h.finish()
 }

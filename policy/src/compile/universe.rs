@@ -13,6 +13,7 @@ use crate::identity::{
     AllocationTable, IdentityInfo, LabelSet, addr_bytes, cidr_key, composite_key, net_bytes,
 };
 use crate::ir;
+use crate::model::inventory::NAMESPACE_NAME_LABEL;
 use crate::model::{Inventory, WorkloadRef};
 use crate::selector::{canonical, matches};
 use crate::{Error, identity};
@@ -42,8 +43,11 @@ pub(crate) struct Universe {
     pub addresses: BTreeMap<AddrPrefix, u32>,
     /// Namespace name -> (labels, label sets of its workloads).
     namespaces: BTreeMap<String, (BTreeMap<String, String>, Vec<usize>)>,
-    subject_cache: HashMap<String, Arc<Vec<usize>>>,
-    peer_cache: HashMap<String, Arc<Vec<u32>>>,
+    /// Hash of the label sets, CIDRs, composites and their numbers: selector results can be
+    /// reused across compiles while it is unchanged.
+    pub signature: u64,
+    pub subject_cache: HashMap<String, Arc<Vec<usize>>>,
+    pub peer_cache: HashMap<String, Arc<Vec<u32>>>,
 }
 
 /// Most specific CIDR of `cidrs` (same family) containing `ip`.
@@ -57,36 +61,63 @@ fn most_specific(cidrs: &[IpNet], ip: IpAddr) -> Option<usize> {
 }
 
 impl Universe {
+    /// Builds the universe. `ls_cache` maps a hash of a workload's identity inputs to the label
+    /// sets (and keys) built for it by earlier compiles; it is replaced by the entries used now.
     pub fn build(
         policies: &[Arc<ir::Policy>],
         inventory: &Inventory,
         table: &mut AllocationTable,
+        ls_cache: &mut HashMap<u64, Vec<(LabelSet, String)>>,
     ) -> Result<Universe, Error> {
         let mut label_sets: Vec<LabelSet> = Vec::new();
         let mut by_key: HashMap<String, usize> = HashMap::new();
         let mut keys_of: Vec<String> = Vec::new();
         let mut workloads = BTreeMap::new();
-        let mut ns_labels: HashMap<&str, BTreeMap<String, String>> = HashMap::new();
+        let mut ns_labels: HashMap<&str, (BTreeMap<String, String>, u64)> = HashMap::new();
         for ns in &inventory.namespaces {
-            ns_labels.insert(
-                &ns.name,
-                inventory.namespace_labels(&ns.name).unwrap_or_default(),
-            );
+            let mut labels = ns.labels.clone();
+            labels.insert(NAMESPACE_NAME_LABEL.to_owned(), ns.name.clone());
+            let h = super::hash_of(&labels);
+            ns_labels.insert(&ns.name, (labels, h));
         }
+        let empty = (BTreeMap::new(), 0);
+        let mut new_cache: HashMap<u64, Vec<(LabelSet, String)>> = HashMap::new();
         for w in &inventory.workloads {
-            let mut ports = w.ports.clone();
-            ports.sort();
-            let ls = LabelSet {
-                namespace: w.namespace.clone(),
-                namespace_labels: ns_labels
-                    .get(w.namespace.as_str())
-                    .cloned()
-                    .unwrap_or_default(),
-                labels: w.labels.clone(),
-                service_account: w.service_account.clone(),
-                ports,
+            let (nsl, nsh) = ns_labels.get(w.namespace.as_str()).unwrap_or(&empty);
+            let h = super::hash_of((&w.namespace, nsh, &w.labels, &w.service_account, &w.ports));
+            let same = |(ls, _): &&(LabelSet, String)| {
+                ls.namespace == w.namespace
+                    && ls.labels == w.labels
+                    && ls.service_account == w.service_account
+                    && ls.namespace_labels == *nsl
+                    && ls.ports.len() == w.ports.len()
+                    && w.ports.iter().all(|p| ls.ports.binary_search(p).is_ok())
             };
-            let key = ls.key();
+            let hit = new_cache
+                .get(&h)
+                .and_then(|b| b.iter().find(same))
+                .or_else(|| ls_cache.get(&h).and_then(|b| b.iter().find(same)))
+                .cloned();
+            let (ls, key) = match hit {
+                Some(v) => v,
+                None => {
+                    let mut ports = w.ports.clone();
+                    ports.sort();
+                    let ls = LabelSet {
+                        namespace: w.namespace.clone(),
+                        namespace_labels: nsl.clone(),
+                        labels: w.labels.clone(),
+                        service_account: w.service_account.clone(),
+                        ports,
+                    };
+                    let key = ls.key();
+                    (ls, key)
+                }
+            };
+            let bucket = new_cache.entry(h).or_default();
+            if !bucket.iter().any(|(_, k)| *k == key) {
+                bucket.push((ls.clone(), key.clone()));
+            }
             let idx = *by_key.entry(key.clone()).or_insert_with(|| {
                 label_sets.push(ls);
                 keys_of.push(key);
@@ -94,6 +125,7 @@ impl Universe {
             });
             workloads.insert(w.reference(), (idx, w.ips.clone(), w.cgroup.clone()));
         }
+        *ls_cache = new_cache;
         let mut cidr_set = BTreeSet::new();
         for p in policies {
             for r in &p.rules {
@@ -197,7 +229,9 @@ impl Universe {
                 n.1.push(i);
             }
         }
+        let signature = super::hash_of((&label_sets, &ls_ids, &cidrs, &cidr_ids, &composites));
         Ok(Universe {
+            signature,
             namespaces,
             label_sets,
             ls_ids,
