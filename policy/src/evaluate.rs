@@ -148,7 +148,13 @@ pub(crate) fn resolve_endpoints(
     owner_of: impl Fn(IpAddr) -> Option<WorkloadRef>,
 ) -> (Resolved, Resolved) {
     let first = |ips: &[IpAddr], v4: bool| ips.iter().find(|ip| ip.is_ipv4() == v4).copied();
-    match (&flow.src, &flow.dst) {
+    // An IPv4-mapped IPv6 address is the IPv4 address (as in the kernel's address trie).
+    let canonical = |e: &Endpoint| match e {
+        Endpoint::Ip(ip) => Endpoint::Ip(ip.to_canonical()),
+        other => other.clone(),
+    };
+    let (src, dst) = (canonical(&flow.src), canonical(&flow.dst));
+    match (&src, &dst) {
         (Endpoint::Ip(a), Endpoint::Ip(b)) => (
             Resolved {
                 workload: owner_of(*a),
@@ -169,7 +175,7 @@ pub(crate) fn resolve_endpoints(
                 workload: owner_of(*b),
                 addr: Some(*b),
             };
-            if matches!(flow.src, Endpoint::Workload(_)) {
+            if matches!(src, Endpoint::Workload(_)) {
                 (wl, ip)
             } else {
                 (ip, wl)

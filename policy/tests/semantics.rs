@@ -309,6 +309,23 @@ spec:
         decide(&set, wl("x", "a"), ip("10.0.0.2"), Protocol::Tcp, 80).verdict,
         Verdict::Deny
     );
+    // An IPv4-mapped IPv6 address is the IPv4 address.
+    assert_eq!(
+        decide(&set, wl("x", "a"), ip("::ffff:10.0.0.2"), Protocol::Tcp, 80).verdict,
+        Verdict::Deny
+    );
+    assert_eq!(
+        decide(
+            &set,
+            wl("x", "a"),
+            ip("::ffff:10.200.0.1"),
+            Protocol::Tcp,
+            80
+        )
+        .egress
+        .reason,
+        Reason::AllowedByRule
+    );
     // An IPv6 destination is not inside an IPv4 CIDR.
     assert_eq!(
         decide(&set, wl("x", "a"), ip("fd00::9"), Protocol::Tcp, 80)

@@ -302,6 +302,12 @@ fn inventory_errors() {
         ),
         "inv.yaml: Workload x/a: workloads[0].ports[1].name: duplicate port name \"p\" for protocol TCP"
     );
+    assert_eq!(
+        inv(
+            "namespaces: [{name: x}]\nworkloads: [{namespace: x, name: a, ips: ['::ffff:10.0.0.1']}]\n"
+        ),
+        "inv.yaml: Workload x/a: workloads[0].ips[0]: ::ffff:10.0.0.1 is IPv4-mapped: write it as an IPv4 address"
+    );
     let e =
         inv("namespaces: [{name: x}]\nworkloads: [{namespace: x, name: a, ips: [300.0.0.1]}]\n");
     assert!(

@@ -227,6 +227,16 @@ impl Inventory {
                 ));
             }
             for (j, ip) in w.ips.iter().enumerate() {
+                if let IpAddr::V6(v6) = ip
+                    && v6.to_ipv4_mapped().is_some()
+                {
+                    return Err(Error::invalid(
+                        file,
+                        &object,
+                        format!("workloads[{i}].ips[{j}]"),
+                        format!("{ip} is IPv4-mapped: write it as an IPv4 address"),
+                    ));
+                }
                 if let Some(other) = ips.insert(*ip, object.clone()) {
                     return Err(Error::invalid(
                         file,
