@@ -50,14 +50,58 @@ pub(crate) struct Universe {
     pub peer_cache: HashMap<String, Arc<Vec<u32>>>,
 }
 
-/// Most specific CIDR of `cidrs` (same family) containing `ip`.
-fn most_specific(cidrs: &[IpNet], ip: IpAddr) -> Option<usize> {
-    cidrs
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| n.contains(&ip))
-        .max_by_key(|(_, n)| n.prefix_len())
-        .map(|(i, _)| i)
+/// Exact-match tables of the policy CIDRs per family and prefix length (longest first), for the
+/// most specific CIDR containing an address.
+struct CidrIndex {
+    v4: Vec<(u8, HashMap<u32, usize>)>,
+    v6: Vec<(u8, HashMap<u128, usize>)>,
+}
+
+impl CidrIndex {
+    fn new(cidrs: &[IpNet]) -> Self {
+        let mut v4: BTreeMap<u8, HashMap<u32, usize>> = BTreeMap::new();
+        let mut v6: BTreeMap<u8, HashMap<u128, usize>> = BTreeMap::new();
+        for (i, c) in cidrs.iter().enumerate() {
+            match c {
+                IpNet::V4(n) => {
+                    v4.entry(n.prefix_len())
+                        .or_default()
+                        .insert(u32::from(n.network()), i);
+                }
+                IpNet::V6(n) => {
+                    v6.entry(n.prefix_len())
+                        .or_default()
+                        .insert(u128::from(n.network()), i);
+                }
+            }
+        }
+        CidrIndex {
+            v4: v4.into_iter().rev().collect(),
+            v6: v6.into_iter().rev().collect(),
+        }
+    }
+
+    /// Most specific CIDR (same family) containing `ip`.
+    fn most_specific(&self, ip: IpAddr) -> Option<usize> {
+        match ip {
+            IpAddr::V4(a) => self.v4.iter().find_map(|(len, m)| {
+                let mask = if *len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(*len))
+                };
+                m.get(&(u32::from(a) & mask)).copied()
+            }),
+            IpAddr::V6(a) => self.v6.iter().find_map(|(len, m)| {
+                let mask = if *len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - u32::from(*len))
+                };
+                m.get(&(u128::from(a) & mask)).copied()
+            }),
+        }
+    }
 }
 
 impl Universe {
@@ -138,20 +182,28 @@ impl Universe {
             }
         }
         let cidrs: Vec<IpNet> = cidr_set.into_iter().collect();
+        let index = CidrIndex::new(&cidrs);
         let mut composite_keys: BTreeMap<(usize, usize), String> = BTreeMap::new();
         for (idx, ips, _) in workloads.values() {
             for ip in ips {
-                if let Some(ci) = most_specific(&cidrs, *ip) {
+                if let Some(ci) = index.most_specific(*ip) {
                     composite_keys
                         .entry((*idx, ci))
                         .or_insert_with(|| composite_key(&cidrs[ci], &keys_of[*idx]));
                 }
             }
         }
-        let mut all: BTreeSet<String> = keys_of.iter().cloned().collect();
-        all.extend(cidrs.iter().map(cidr_key));
-        all.extend(composite_keys.values().cloned());
-        table.allocate(&all)?;
+        // Only keys the table does not know yet need an allocation (usually none).
+        let missing: BTreeSet<String> = keys_of
+            .iter()
+            .cloned()
+            .chain(cidrs.iter().map(cidr_key))
+            .chain(composite_keys.values().cloned())
+            .filter(|k| table.get(k).is_none())
+            .collect();
+        if !missing.is_empty() {
+            table.allocate(&missing)?;
+        }
         let id = |k: &str| table.get(k).unwrap_or(identity::reserved()[2].0);
         let ls_ids: Vec<u32> = keys_of.iter().map(|k| id(k)).collect();
         let cidr_ids: Vec<u32> = cidrs.iter().map(|c| id(&cidr_key(c))).collect();
@@ -198,7 +250,7 @@ impl Universe {
         }
         for (idx, ips, _) in workloads.values() {
             for ip in ips {
-                let v = match most_specific(&cidrs, *ip) {
+                let v = match index.most_specific(*ip) {
                     Some(ci) => comp_index[&(*idx, ci)],
                     None => ls_ids[*idx],
                 };
