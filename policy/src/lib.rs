@@ -27,7 +27,9 @@ pub mod selector;
 pub mod spec;
 pub mod validate;
 
-pub use compile::{AddrPrefix, CompiledState, CompiledWorkload, Compiler, PolicyEntryKey};
+pub use compile::{
+    AddrPrefix, CompiledState, CompiledWorkload, Compiler, MapDiff, PolicyEntryKey, StateDiff,
+};
 pub use error::Error;
 pub use evaluate::{Decision, Endpoint, Flow, Protocol, Reason, SideDecision, Verdict, evaluate};
 pub use identity::{AllocationTable, IdentityInfo};

@@ -9,6 +9,7 @@
 //! match the same rules share one resolution (the per-`(local, direction)` signature cache), and
 //! each distinct selector is evaluated once per compile over the distinct label sets.
 
+mod diff;
 mod ports;
 mod resolve;
 mod universe;
@@ -38,6 +39,7 @@ use crate::rules::{Direction, RuleRef};
 use crate::validate::parse_protocol;
 use crate::{Error, PolicySet};
 
+pub use diff::{MapDiff, StateDiff};
 pub(crate) use resolve::nanos;
 use resolve::{CRule, Isolation};
 pub(crate) use universe::mapped_v4_range;
