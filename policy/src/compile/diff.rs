@@ -92,7 +92,6 @@ impl CompiledState {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::{Inventory, PolicySet};
 
     #[test]
