@@ -1,7 +1,7 @@
 //! The reference evaluator: the semantics written straight from the specification over the RAW
 //! objects (NetworkPolicy, SegmentationPolicy, ClusterSegmentationPolicy and the inventory),
 //! without identities, tries, intervals or caches. It is the test oracle: property tests check
-//! that [`crate::evaluate`] over compiled entries gives the same verdict, reason and deciding
+//! that [`crate::evaluate()`] over compiled entries gives the same verdict, reason and deciding
 //! rule for every flow. It is slow (it scans every policy for every flow) and not meant for
 //! production use.
 //!

@@ -1,4 +1,4 @@
-//! Validation: turns a raw [`PolicyObject`] into the normalized [`ir::Policy`], or rejects it
+//! Validation: turns a raw [`PolicyObject`] into the normalized internal policy form (`ir::Policy`), or rejects it
 //! with one [`Error::Invalid`] line naming file, object and field path.
 
 use std::str::FromStr;
