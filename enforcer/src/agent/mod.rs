@@ -178,6 +178,7 @@ impl Agent {
     /// Reloads the inputs after a change; a bad input is reported and the last good state keeps
     /// enforcing.
     fn reload(&mut self) {
+        tracing::info!("policy or inventory changed; reloading");
         match load_inputs(&self.config.policies, &self.config.inventory)
             .and_then(|(p, i)| self.enforce(p, i))
         {
@@ -207,6 +208,9 @@ impl Agent {
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut cgroup_tick = tokio::time::interval(Duration::from_secs(1));
+        // A reload waits for the inputs to be quiet for `DEBOUNCE` (an editor's burst of writes
+        // becomes one reload); the deadline lives here so that no branch can lose a change.
+        let mut reload_at: Option<tokio::time::Instant> = None;
         loop {
             let until_change = self
                 .next_change
@@ -217,7 +221,15 @@ impl Agent {
                 .unwrap_or(Duration::from_secs(3600));
             tokio::select! {
                 batch = events.next_batch() => self.log_batch(batch?)?,
-                () = watcher.changed() => self.reload(),
+                () = watcher.notified() => {
+                    reload_at = Some(tokio::time::Instant::now() + watch::DEBOUNCE);
+                }
+                () = tokio::time::sleep_until(reload_at.unwrap_or_else(tokio::time::Instant::now)),
+                    if reload_at.is_some() =>
+                {
+                    reload_at = None;
+                    self.reload();
+                }
                 () = tokio::time::sleep(until_change), if self.next_change.is_some() => {
                     tracing::info!("a rule's validity window opened or closed; recompiling");
                     self.recompile();

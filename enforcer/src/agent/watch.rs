@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 /// Quiet period after the last file event before a reload.
 pub const DEBOUNCE: Duration = Duration::from_millis(150);
 
-/// Keeps the underlying watcher alive; `changed()` resolves when the inputs changed.
+/// Keeps the underlying watcher alive; `notified()` resolves when an input file changed.
 pub struct InputWatcher {
     _watcher: notify::RecommendedWatcher,
     rx: mpsc::UnboundedReceiver<()>,
@@ -51,16 +51,12 @@ impl InputWatcher {
         })
     }
 
-    /// Waits for a change, then for [`DEBOUNCE`] of quiet.
-    pub async fn changed(&mut self) {
+    /// Resolves when a file event concerning the inputs arrives. Cancel-safe (it only receives
+    /// from a channel), so it can sit in a `select!` next to busier branches; the caller waits
+    /// for [`DEBOUNCE`] of quiet before reloading.
+    pub async fn notified(&mut self) {
         if self.rx.recv().await.is_none() {
             std::future::pending::<()>().await;
-        }
-        loop {
-            match tokio::time::timeout(DEBOUNCE, self.rx.recv()).await {
-                Ok(Some(())) => continue,
-                Ok(None) | Err(_) => return,
-            }
         }
     }
 }
@@ -89,7 +85,7 @@ mod tests {
         let mut watcher = InputWatcher::new(&[&watched]).unwrap();
 
         std::fs::write(dir.join("unrelated.txt"), "x").unwrap();
-        let quiet = tokio::time::timeout(Duration::from_millis(400), watcher.changed()).await;
+        let quiet = tokio::time::timeout(Duration::from_millis(400), watcher.notified()).await;
         assert!(
             quiet.is_err(),
             "a neighbour's change must not trigger a reload"
@@ -98,7 +94,7 @@ mod tests {
         let tmp = dir.join(".inventory.yaml.tmp");
         std::fs::write(&tmp, "b").unwrap();
         std::fs::rename(&tmp, &watched).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), watcher.changed())
+        tokio::time::timeout(Duration::from_secs(5), watcher.notified())
             .await
             .expect("a rename over the watched file triggers a reload");
         std::fs::remove_dir_all(&dir).unwrap();

@@ -139,8 +139,8 @@ fn main() -> Result<()> {
     println!(
         "\n{BOLD}Connections{RESET} (each decided in the kernel at the client's egress and the server's ingress)"
     );
-    let checks: [(&Workload, &str, &Workload, &str, u16, Proto, bool, &str); 7] = [
-        (
+    let checks = [
+        Check::new(
             &frontend,
             "shop/frontend",
             &api,
@@ -150,7 +150,7 @@ fn main() -> Result<()> {
             true,
             "NetworkPolicy api-from-frontend",
         ),
-        (
+        Check::new(
             &api,
             "shop/api",
             &db,
@@ -160,7 +160,7 @@ fn main() -> Result<()> {
             true,
             "NetworkPolicy db-from-api",
         ),
-        (
+        Check::new(
             &frontend,
             "shop/frontend",
             &db,
@@ -170,7 +170,7 @@ fn main() -> Result<()> {
             false,
             "db is isolated; no rule admits frontend",
         ),
-        (
+        Check::new(
             &db,
             "shop/db",
             &api,
@@ -180,7 +180,7 @@ fn main() -> Result<()> {
             false,
             "db egress isolated (SegmentationPolicy db-no-egress)",
         ),
-        (
+        Check::new(
             &debug,
             "ops/debug",
             &db,
@@ -190,7 +190,7 @@ fn main() -> Result<()> {
             false,
             "ClusterSegmentationPolicy ops-may-not-reach-db",
         ),
-        (
+        Check::new(
             &debug,
             "ops/debug",
             &api,
@@ -200,7 +200,7 @@ fn main() -> Result<()> {
             false,
             "UDP 9125 only from the shop namespace",
         ),
-        (
+        Check::new(
             &frontend,
             "shop/frontend",
             &api,
@@ -212,10 +212,8 @@ fn main() -> Result<()> {
         ),
     ];
     let mut failures = 0;
-    for (from, from_name, to, to_name, port, proto, allowed, why) in checks {
-        failures += check(
-            &net, from, from_name, to, to_name, port, proto, allowed, why,
-        );
+    for c in &checks {
+        failures += check(&net, c);
     }
 
     println!("\n{BOLD}Just-in-time access{RESET}: ops/debug may reach shop/db:5432 for 6 seconds");
@@ -237,28 +235,32 @@ fn main() -> Result<()> {
         .context("the just-in-time grant was not applied within 20 s")?;
     failures += check(
         &net,
-        &debug,
-        "ops/debug",
-        &db,
-        "shop/db",
-        5432,
-        Proto::Tcp,
-        true,
-        "grant oncall-ticket-4711",
+        &Check::new(
+            &debug,
+            "ops/debug",
+            &db,
+            "shop/db",
+            5432,
+            Proto::Tcp,
+            true,
+            "grant oncall-ticket-4711",
+        ),
     );
     let left = expires.duration_since(jiff::Timestamp::now());
     std::thread::sleep(Duration::try_from(left).unwrap_or_default() + Duration::from_millis(300));
     println!("  {DIM}{expires} has passed: the kernel no longer honours the grant{RESET}");
     failures += check(
         &net,
-        &debug,
-        "ops/debug",
-        &db,
-        "shop/db",
-        5432,
-        Proto::Tcp,
-        false,
-        "grant expired",
+        &Check::new(
+            &debug,
+            "ops/debug",
+            &db,
+            "shop/db",
+            5432,
+            Proto::Tcp,
+            false,
+            "grant expired",
+        ),
     );
 
     // Let the agent drain the ring buffer, then show the log.
@@ -276,18 +278,55 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-#[expect(clippy::too_many_arguments, reason = "one row of the demo's table")]
-fn check(
-    net: &TestNet,
-    from: &Workload,
-    from_name: &str,
-    to: &Workload,
-    to_name: &str,
+/// One row of the demo's connection table.
+#[derive(Clone, Copy)]
+struct Check<'a> {
+    from: &'a Workload,
+    from_name: &'a str,
+    to: &'a Workload,
+    to_name: &'a str,
     port: u16,
     proto: Proto,
     allowed: bool,
-    why: &str,
-) -> usize {
+    why: &'a str,
+}
+
+impl<'a> Check<'a> {
+    #[expect(clippy::too_many_arguments, reason = "one row of the demo's table")]
+    fn new(
+        from: &'a Workload,
+        from_name: &'a str,
+        to: &'a Workload,
+        to_name: &'a str,
+        port: u16,
+        proto: Proto,
+        allowed: bool,
+        why: &'a str,
+    ) -> Self {
+        Self {
+            from,
+            from_name,
+            to,
+            to_name,
+            port,
+            proto,
+            allowed,
+            why,
+        }
+    }
+}
+
+fn check(net: &TestNet, c: &Check<'_>) -> usize {
+    let Check {
+        from,
+        from_name,
+        to,
+        to_name,
+        port,
+        proto,
+        allowed,
+        why,
+    } = *c;
     let result = net.probe(from, IpAddr::V4(to.ipv4), port, proto);
     let connected = result == ProbeResult::Connected;
     let shown = match &result {
