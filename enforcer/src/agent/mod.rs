@@ -61,6 +61,11 @@ struct Agent {
     good: Option<(PolicySet, Inventory)>,
     next_change: Option<jiff::Timestamp>,
     missing_cgroups: usize,
+    /// Lost events already in the log, by this process or its predecessors (the kernel's
+    /// counter runs since install, and a new reader's first batch reports all of it).
+    losses_logged: u64,
+    /// Subtracted from the first loss report of this process.
+    loss_baseline: u64,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -83,6 +88,10 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let table = state_dir
         .load_table()
         .context("reading the identity allocation table")?;
+    let losses_logged = match datapath.origin() {
+        datapath::Origin::Adopted => state_dir.load_losses_logged().unwrap_or(0),
+        datapath::Origin::Installed => 0,
+    };
     let log = VerdictLog::open(&config.log)
         .with_context(|| format!("opening the verdict log {}", config.log.display()))?;
     let metrics = Arc::new(Metrics::default());
@@ -107,6 +116,8 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         good: None,
         next_change: None,
         missing_cgroups: 0,
+        losses_logged,
+        loss_baseline: losses_logged,
     };
     agent.enforce(policies, inventory)?;
     agent.serve().await
@@ -138,7 +149,9 @@ impl Agent {
     fn apply(&mut self, compiled: &CompiledState) -> Result<()> {
         // Re-sample the clock offset: wall-clock steps (NTP) move the mapping.
         self.clock = datapath::boot_time_offset();
-        let revision = self.datapath.current()?.revision + 1;
+        // A crash in the middle of an apply can leave the transient marker set.
+        let held = self.datapath.current()?.revision & !datapath::TRANSIENT_REVISION_BIT;
+        let revision = held + 1;
         let translation = desired::translate(compiled, revision, &self.cgroup_root, &self.clock);
         for (workload, dir) in &translation.missing {
             tracing::warn!(workload = %format!("{}/{}", workload.namespace, workload.name),
@@ -267,14 +280,21 @@ impl Agent {
                 .inc();
             self.log.write_verdict(&record)?;
         }
-        if batch.lost > 0 {
-            self.metrics.events_lost.inc_by(batch.lost);
-            tracing::warn!(lost = batch.lost, "verdict events lost (ring buffer full)");
+        let lost = batch
+            .lost
+            .saturating_sub(std::mem::take(&mut self.loss_baseline));
+        if lost > 0 {
+            self.metrics.events_lost.inc_by(lost);
+            tracing::warn!(lost, "verdict events lost (ring buffer full)");
             self.log.write_loss(&LossRecord {
                 time: jiff::Timestamp::now().to_string(),
                 event: "lost",
-                count: batch.lost,
+                count: lost,
             })?;
+            self.losses_logged += lost;
+            if let Err(error) = self.state_dir.save_losses_logged(self.losses_logged) {
+                tracing::error!(%error, "could not persist the lost-event count");
+            }
         }
         self.log.flush()?;
         Ok(())

@@ -14,6 +14,7 @@ pub const DEFAULT_DIR: &str = "/var/lib/bulkhead";
 
 const IDENTITIES: &str = "identities.json";
 const RULES: &str = "rules.json";
+const LOSSES: &str = "losses.json";
 
 pub struct StateDir {
     dir: PathBuf,
@@ -41,6 +42,15 @@ impl StateDir {
 
     pub fn save_rules(&self, rules: &HashMap<u32, RuleRef>) -> io::Result<()> {
         self.save(RULES, rules)
+    }
+
+    /// Verdict events already reported as lost (the kernel counter counts since install).
+    pub fn load_losses_logged(&self) -> io::Result<u64> {
+        Ok(self.load(LOSSES)?.unwrap_or(0))
+    }
+
+    pub fn save_losses_logged(&self, count: u64) -> io::Result<()> {
+        self.save(LOSSES, &count)
     }
 
     fn load<T: DeserializeOwned>(&self, name: &str) -> io::Result<Option<T>> {
@@ -76,6 +86,9 @@ mod tests {
         let state = StateDir::open(&dir).unwrap();
         assert_eq!(state.load_table().unwrap(), AllocationTable::default());
         assert!(state.load_rules().unwrap().is_empty());
+        assert_eq!(state.load_losses_logged().unwrap(), 0);
+        state.save_losses_logged(17).unwrap();
+        assert_eq!(state.load_losses_logged().unwrap(), 17);
         let table = AllocationTable::default();
         state.save_table(&table).unwrap();
         assert_eq!(state.load_table().unwrap(), table);
