@@ -407,8 +407,16 @@ fn check(seed: u64) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Number of random cases: 256, or `ORACLE_CASES` for deeper runs.
+fn cases() -> u32 {
+    std::env::var("ORACLE_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
     #[test]
     fn compiled_evaluator_matches_spec(seed in any::<u64>()) {
         check(seed)?;
