@@ -67,6 +67,7 @@ pub struct AgentRun {
     bpffs: PathBuf,
     cgroup: PathBuf,
     stderr: PathBuf,
+    metrics: Option<std::net::SocketAddr>,
 }
 
 impl AgentRun {
@@ -82,6 +83,7 @@ impl AgentRun {
             cgroup: net.cgroup_parent().to_path_buf(),
             stderr: dir.join("agent.stderr"),
             dir,
+            metrics: None,
         })
     }
 
@@ -114,14 +116,24 @@ impl AgentRun {
         write_atomically(&self.inventory_path(), yaml)
     }
 
+    /// Serves the agent's metrics on `addr` (loopback) from the next start on.
+    pub fn set_metrics(&mut self, addr: std::net::SocketAddr) {
+        self.metrics = Some(addr);
+    }
+
     /// Starts `enforcer run`; its stderr goes to a file (see [`Self::stderr`]).
     pub fn start(&mut self) -> io::Result<()> {
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.stderr)?;
-        let child = Command::new(&self.binary)
-            .arg("run")
+        let mut command = Command::new(&self.binary);
+        command.arg("run");
+        match self.metrics {
+            Some(addr) => command.arg("--metrics").arg(addr.to_string()),
+            None => command.arg("--no-metrics"),
+        };
+        let child = command
             .arg("--policies")
             .arg(self.policies_dir())
             .arg("--inventory")
@@ -134,7 +146,6 @@ impl AgentRun {
             .arg(&self.cgroup)
             .arg("--state-dir")
             .arg(self.dir.join("state"))
-            .arg("--no-metrics")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(stderr)

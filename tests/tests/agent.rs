@@ -446,3 +446,65 @@ fn invalid_input_at_start_changes_nothing_and_exits_2() {
     assert!(!agent.bpffs().exists(), "nothing was installed");
     assert_eq!(attached_count(net.cgroup_parent()).unwrap(), 0);
 }
+
+#[test]
+fn metrics_count_verdicts_by_policy_and_report_map_fill() {
+    if skip() {
+        return;
+    }
+    let addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let mut f = Fixture::new("metrics", ALLOW_80);
+    f.agent.stop();
+    f.agent.set_metrics(addr);
+    f.agent.start().unwrap();
+    let up = f
+        .agent
+        .wait_until(Duration::from_secs(10), || scrape(addr).is_some());
+    assert!(up, "metrics endpoint up; stderr:\n{}", f.agent.stderr());
+    assert_eq!(
+        f.probe_short(&f.a, &f.b, 81, Proto::Tcp),
+        ProbeResult::Timeout
+    );
+    let deny = r#"bulkhead_verdicts_total{direction="ingress",verdict="deny",policy="NetworkPolicy/x/b-ingress"}"#;
+    let counted = f.agent.wait_until(Duration::from_secs(5), || {
+        scrape(addr).is_some_and(|text| text.lines().any(|l| l.starts_with(deny)))
+    });
+    let text = scrape(addr).unwrap_or_default();
+    assert!(counted, "{text}");
+    assert!(
+        text.contains(r#"bulkhead_map_entries{map="POLICY"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"bulkhead_map_entries{map="WORKLOADS"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("bulkhead_map_capacity{map=\"POLICY\"}"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("bulkhead_policy_revision ")),
+        "{text}"
+    );
+    assert!(text.contains("bulkhead_events_lost_total 0"), "{text}");
+}
+
+/// `GET /metrics` over plain HTTP/1.0 on loopback.
+fn scrape(addr: std::net::SocketAddr) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let ok = response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200");
+    ok.then_some(response)
+}
