@@ -43,6 +43,8 @@ pub(crate) struct Universe {
     pub addresses: BTreeMap<AddrPrefix, u32>,
     /// Namespace name -> (labels, label sets of its workloads).
     namespaces: BTreeMap<String, (BTreeMap<String, String>, Vec<usize>)>,
+    /// Namespace label `(key, value)` -> namespaces carrying it (for `matchLabels` lookups).
+    ns_by_label: HashMap<(String, String), Vec<String>>,
     /// Hash of the label sets, CIDRs, composites and their numbers: selector results can be
     /// reused across compiles while it is unchanged.
     pub signature: u64,
@@ -281,10 +283,20 @@ impl Universe {
                 n.1.push(i);
             }
         }
+        let mut ns_by_label: HashMap<(String, String), Vec<String>> = HashMap::new();
+        for (name, (labels, _)) in &namespaces {
+            for (k, v) in labels {
+                ns_by_label
+                    .entry((k.clone(), v.clone()))
+                    .or_default()
+                    .push(name.clone());
+            }
+        }
         let signature = super::hash_of((&label_sets, &ls_ids, &cidrs, &cidr_ids, &composites));
         Ok(Universe {
             signature,
             namespaces,
+            ns_by_label,
             label_sets,
             ls_ids,
             cidrs,
@@ -358,8 +370,24 @@ impl Universe {
                 }
             }
             None => {
-                for (labels, members) in self.namespaces.values() {
-                    visit(labels, members);
+                // A matchLabels pair narrows the candidate namespaces through the label index.
+                let pair = ns_sel
+                    .and_then(|sel| sel.match_labels.as_ref())
+                    .and_then(|ml| ml.iter().next());
+                match pair {
+                    Some((k, v)) => {
+                        let names = self.ns_by_label.get(&(k.clone(), v.clone()));
+                        for n in names.into_iter().flatten() {
+                            if let Some((labels, members)) = self.namespaces.get(n) {
+                                visit(labels, members);
+                            }
+                        }
+                    }
+                    None => {
+                        for (labels, members) in self.namespaces.values() {
+                            visit(labels, members);
+                        }
+                    }
                 }
             }
         }
