@@ -289,6 +289,16 @@ fn inventory_errors() {
         "inv.yaml: Workload x/a: workloads[0].ports[0].protocol: unknown protocol \"ICMP\" (expected TCP, UDP or SCTP)"
     );
     assert_eq!(
+        inv(
+            "namespaces: [{name: x}]\nworkloads: [{namespace: x, name: a, cgroup: /c}, {namespace: x, name: b, cgroup: /c}]\n"
+        ),
+        "inv.yaml: Workload x/b: workloads[1].cgroup: /c already belongs to Workload x/a"
+    );
+    assert_eq!(
+        inv("namespaces: [{name: x}]\nworkloads: [{namespace: x, name: a, cgroup: sys/fs}]\n"),
+        "inv.yaml: Workload x/a: workloads[0].cgroup: \"sys/fs\" is not an absolute path"
+    );
+    assert_eq!(
         inv("namespaces: [{name: x}, {name: x}]\n"),
         "inv.yaml: Namespace x: namespaces[1].name: duplicate namespace"
     );

@@ -189,6 +189,7 @@ impl Inventory {
         }
         let mut workloads = BTreeMap::new();
         let mut ips: BTreeMap<IpAddr, String> = BTreeMap::new();
+        let mut cgroups: BTreeMap<&str, String> = BTreeMap::new();
         for (i, w) in self.workloads.iter().enumerate() {
             let object = format!("Workload {}/{}", w.namespace, w.name);
             if w.name.is_empty() {
@@ -225,6 +226,24 @@ impl Inventory {
                     format!("workloads[{i}].serviceAccount"),
                     "must not be empty",
                 ));
+            }
+            if let Some(cg) = &w.cgroup {
+                if !cg.starts_with('/') {
+                    return Err(Error::invalid(
+                        file,
+                        &object,
+                        format!("workloads[{i}].cgroup"),
+                        format!("{cg:?} is not an absolute path"),
+                    ));
+                }
+                if let Some(other) = cgroups.insert(cg.as_str(), object.clone()) {
+                    return Err(Error::invalid(
+                        file,
+                        &object,
+                        format!("workloads[{i}].cgroup"),
+                        format!("{cg} already belongs to {other}"),
+                    ));
+                }
             }
             for (j, ip) in w.ips.iter().enumerate() {
                 if let IpAddr::V6(v6) = ip
