@@ -144,3 +144,28 @@ spec:
         assert_ne!(*id, 0);
     }
 }
+
+#[test]
+fn rule_id_collisions_fail_loudly() {
+    // FNV-1a("NetworkPolicy/x/p3516/ingress/-") == FNV-1a("NetworkPolicy/x/p157771/ingress/0").
+    let set = policies(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p3516, namespace: x}
+spec: {podSelector: {}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p157771, namespace: x}
+spec: {podSelector: {}, ingress: [{}]}
+"#,
+    );
+    let err = Compiler::new(AllocationTable::new())
+        .compile(&set, &inventory(), t(NOON))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "rule id collision: NetworkPolicy x/p157771 ingress[0] and NetworkPolicy x/p3516 ingress (isolation) both hash to 0xfb1f76f0; rename one of them"
+    );
+}
