@@ -372,6 +372,17 @@ fn check(seed: u64) -> Result<(), TestCaseError> {
         "incremental compile differs from a fresh one; seed {}",
         seed
     );
+    // The state holds until the next window boundary: check flows at `at` and just before the
+    // next possible boundary (instants are 2 h apart) against the oracle at those instants.
+    let later = at + jiff::SignedDuration::from_secs(2 * 3600 - 1);
+    if let Some(next) = state.next_change {
+        prop_assert!(
+            next > at
+                && TIMES
+                    .iter()
+                    .any(|t| t.parse::<Timestamp>().unwrap() == next)
+        );
+    }
     let eps = endpoints(&inv);
     for src in &eps {
         for dst in &eps {
@@ -387,7 +398,7 @@ fn check(seed: u64) -> Result<(), TestCaseError> {
                         dst: dst.clone(),
                         protocol,
                         port,
-                        at,
+                        at: if port == 81 { later } else { at },
                     };
                     let got = SpecDecision::from(&evaluate(&state, &flow));
                     let want = spec::evaluate(&set, &inv, &flow);
