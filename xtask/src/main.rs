@@ -33,6 +33,8 @@ enum Task {
     },
     /// Benchmarks: policy compiler and datapath, reported as ratios to a baseline of the same run.
     Bench,
+    /// Write the CRD manifests generated from the policy types to charts/bulkhead/crds/.
+    Crds,
     /// Run a fuzz target for a while (`cargo xtask fuzz policy_parse_compile --seconds 600`).
     Fuzz {
         #[arg(default_value = "policy_parse_compile")]
@@ -61,6 +63,7 @@ fn main() -> Result<()> {
             build_release_bins()?;
             run_built("bulkhead-bench")
         }
+        Task::Crds => crds(),
         Task::Fuzz { target, seconds } => {
             setup::fuzz_toolchain()?;
             fuzz(&target, seconds)
@@ -91,6 +94,18 @@ fn test(fuzz_seconds: u64) -> Result<()> {
         step("fuzz", || fuzz("policy_parse_compile", fuzz_seconds))?;
     }
     println!("xtask test: every step passed");
+    Ok(())
+}
+
+/// Writes `charts/bulkhead/crds/*.yaml` (tests/tests/chart.rs fails when they are stale).
+fn crds() -> Result<()> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/bulkhead/crds");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, yaml) in bulkhead_policy::model::crd_yaml().context("generating the CRDs")? {
+        let path = dir.join(name);
+        std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+        println!("xtask crds: wrote {}", path.display());
+    }
     Ok(())
 }
 

@@ -64,6 +64,11 @@ pub struct ServiceAccountRef {
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.podSelector) || has(self.namespaceSelector) || has(self.serviceAccount) || has(self.cidr)", "message": "a peer needs podSelector, namespaceSelector, serviceAccount or cidr"},
+    {"rule": "!has(self.cidr) || !(has(self.podSelector) || has(self.namespaceSelector) || has(self.serviceAccount))", "message": "cidr cannot be combined with podSelector, namespaceSelector or serviceAccount"},
+    {"rule": "!has(self.except) || has(self.cidr)", "message": "except needs cidr"},
+]))]
 pub struct Peer {
     /// Pods by label. Without `namespaceSelector`: in the policy's own namespace
     /// (cluster policies: in every namespace).
@@ -77,9 +82,11 @@ pub struct Peer {
     pub service_account: Option<ServiceAccountRef>,
     /// An address block (`10.0.0.0/8`, `2001:db8::/32`); matches pod addresses too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "cidr"))]
     pub cidr: Option<String>,
     /// Blocks inside `cidr` that are not selected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("items" = {"type": "string", "format": "cidr"}))]
     pub except: Option<Vec<String>>,
 }
 
@@ -92,9 +99,14 @@ pub struct Peer {
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.port) || (type(self.port) == string ? size(string(self.port)) > 0 : (int(self.port) >= 1 && int(self.port) <= 65535))", "message": "port must be 1..=65535 or a non-empty name"},
+    {"rule": "!has(self.endPort) || (has(self.port) && type(self.port) == int && self.endPort >= int(self.port))", "message": "endPort needs a numeric port and must not be below it"},
+]))]
 pub struct PortSpec {
     /// `TCP` (default), `UDP` or `SCTP`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["TCP", "UDP", "SCTP"]))]
     pub protocol: Option<String>,
     /// A number (1..=65535) or a name resolved on the destination workload's ports of this
     /// protocol. Omitted: every port of the protocol.
@@ -102,6 +114,7 @@ pub struct PortSpec {
     pub port: Option<IntOrString>,
     /// Last port of a range starting at the numeric `port` (inclusive).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
     pub end_port: Option<i32>,
 }
 
@@ -116,6 +129,9 @@ pub struct PortSpec {
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.notBefore) || !has(self.expiresAt) || timestamp(self.expiresAt) > timestamp(self.notBefore)", "message": "expiresAt must be after notBefore"},
+]))]
 pub struct Rule {
     /// Optional name, shown in verdict logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -124,18 +140,23 @@ pub struct Rule {
     pub action: Action,
     /// Ingress peers (OR). Omitted: any peer, including non-workload addresses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 100))]
     pub from: Option<Vec<Peer>>,
     /// Egress peers (OR). Omitted: any peer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 100))]
     pub to: Option<Vec<Peer>>,
     /// Destination ports (OR). Omitted or empty: every port of every protocol.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 100))]
     pub ports: Option<Vec<PortSpec>>,
     /// RFC 3339 instant from which the rule applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
     pub not_before: Option<String>,
     /// RFC 3339 instant at which the rule stops applying (exclusive); after `notBefore`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
     pub expires_at: Option<String>,
 }
 
@@ -186,24 +207,42 @@ pub struct ClusterSubject {
     version = "v1alpha1",
     kind = "SegmentationPolicy",
     namespaced,
-    derive = "PartialEq"
+    derive = "PartialEq",
+    doc = "Namespaced Bulkhead segmentation policy (see docs/policy.md)",
+    status = "super::status::PolicyStatus",
+    shortname = "segpol",
+    category = "bulkhead",
+    printcolumn = r#"{"name": "Mode", "type": "string", "jsonPath": ".spec.mode"}"#,
+    printcolumn = r#"{"name": "Priority", "type": "integer", "jsonPath": ".spec.priority"}"#,
+    printcolumn = r#"{"name": "Valid", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Valid\")].status"}"#,
+    printcolumn = r#"{"name": "Realized", "type": "integer", "description": "nodes enforcing the current generation", "jsonPath": ".status.realizedNodes"}"#,
+    printcolumn = r#"{"name": "Desired", "type": "integer", "description": "nodes that must enforce the policy", "jsonPath": ".status.desiredNodes"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.ingress) || self.ingress.all(r, !has(r.to))", "message": "an ingress rule has from, not to"},
+    {"rule": "!has(self.egress) || self.egress.all(r, !has(r.from))", "message": "an egress rule has to, not from"},
+    {"rule": "(!has(self.ingress) || self.ingress.all(r, r.action != 'Pass')) && (!has(self.egress) || self.egress.all(r, r.action != 'Pass'))", "message": "Pass is only allowed in a ClusterSegmentationPolicy of tier Admin"},
+]))]
 pub struct SegmentationPolicySpec {
     /// `Enforce` (default) or `Audit`.
     #[serde(default)]
     pub mode: Mode,
     /// 0..=1000, lower is evaluated first; default 500.
     #[serde(default = "default_priority")]
+    #[schemars(range(min = 0, max = 1000))]
     pub priority: i32,
     /// The workloads of this namespace the policy applies to.
     #[serde(default)]
     pub subject: Subject,
     /// Ingress rules; present (even `[]`) isolates the subjects for ingress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 100))]
     pub ingress: Option<Vec<Rule>>,
     /// Egress rules; present (even `[]`) isolates the subjects for egress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 100))]
     pub egress: Option<Vec<Rule>>,
 }
 
@@ -227,9 +266,25 @@ pub struct SegmentationPolicySpec {
     group = "bulkhead.dev",
     version = "v1alpha1",
     kind = "ClusterSegmentationPolicy",
-    derive = "PartialEq"
+    derive = "PartialEq",
+    doc = "Cluster-scoped Bulkhead segmentation policy (see docs/policy.md)",
+    status = "super::status::PolicyStatus",
+    shortname = "csegpol",
+    category = "bulkhead",
+    printcolumn = r#"{"name": "Tier", "type": "string", "jsonPath": ".spec.tier"}"#,
+    printcolumn = r#"{"name": "Mode", "type": "string", "jsonPath": ".spec.mode"}"#,
+    printcolumn = r#"{"name": "Priority", "type": "integer", "jsonPath": ".spec.priority"}"#,
+    printcolumn = r#"{"name": "Valid", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Valid\")].status"}"#,
+    printcolumn = r#"{"name": "Realized", "type": "integer", "description": "nodes enforcing the current generation", "jsonPath": ".status.realizedNodes"}"#,
+    printcolumn = r#"{"name": "Desired", "type": "integer", "description": "nodes that must enforce the policy", "jsonPath": ".status.desiredNodes"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.ingress) || self.ingress.all(r, !has(r.to))", "message": "an ingress rule has from, not to"},
+    {"rule": "!has(self.egress) || self.egress.all(r, !has(r.from))", "message": "an egress rule has to, not from"},
+    {"rule": "self.tier == 'Admin' || ((!has(self.ingress) || self.ingress.all(r, r.action != 'Pass')) && (!has(self.egress) || self.egress.all(r, r.action != 'Pass')))", "message": "Pass is only allowed in the Admin tier"},
+]))]
 pub struct ClusterSegmentationPolicySpec {
     /// `Admin` (default) or `Baseline`.
     #[serde(default)]
@@ -239,15 +294,18 @@ pub struct ClusterSegmentationPolicySpec {
     pub mode: Mode,
     /// 0..=1000, lower is evaluated first; default 500.
     #[serde(default = "default_priority")]
+    #[schemars(range(min = 0, max = 1000))]
     pub priority: i32,
     /// The workloads the policy applies to.
     #[serde(default)]
     pub subject: ClusterSubject,
     /// Ingress rules (cluster policies never isolate: unmatched traffic falls through).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 100))]
     pub ingress: Option<Vec<Rule>>,
     /// Egress rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 100))]
     pub egress: Option<Vec<Rule>>,
 }
 

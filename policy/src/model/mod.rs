@@ -3,6 +3,7 @@
 
 pub mod crd;
 pub mod inventory;
+pub mod status;
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::{Deserialize, Serialize};
@@ -12,6 +13,7 @@ pub use crd::{
     PortSpec, Rule, SegmentationPolicy, SegmentationPolicySpec, ServiceAccountRef, Subject, Tier,
 };
 pub use inventory::{Inventory, NamedPort, Namespace, Workload, WorkloadRef};
+pub use status::{PolicyStatus, crd_yaml};
 
 /// The policy kinds Bulkhead understands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
