@@ -135,14 +135,17 @@ struct Cache {
 #[derive(Clone, Debug, Default)]
 struct SelectorCache {
     signature: u64,
-    subjects: HashMap<String, Arc<Vec<usize>>>,
-    peers: HashMap<String, Arc<Vec<u32>>>,
-    /// Per policy fingerprint: its subjects and its rules' peers.
-    by_policy: HashMap<u64, PolicySelections>,
+    /// Every peer identity of the universe the results hold for.
+    ids: HashSet<u32>,
+    subjects: HashMap<String, universe::SubjectEntry>,
+    peers: HashMap<String, universe::PeerEntry>,
+    /// Per policy fingerprint: the cache keys of its subject and of its rules' peer lists.
+    by_policy: HashMap<u64, (String, Vec<Option<String>>)>,
 }
 
-/// A policy's subject label sets, and per rule its selected peers (None: any) and their hash.
-type PolicySelections = (Arc<Vec<usize>>, Arc<Vec<(Option<Arc<Vec<u32>>>, u64)>>);
+/// A policy's subject label-set identities, and per rule its selected peers (None: any) and
+/// their hash.
+type PolicySelections = (Arc<Vec<u32>>, Vec<(Option<Arc<Vec<u32>>>, u64)>);
 
 impl Cache {
     fn remove(&mut self, out: &LocalOut) {
@@ -201,12 +204,18 @@ impl Compiler {
             &mut self.table,
             &mut self.cache.label_sets,
         )?;
+        // Selector results carry over: unchanged universe as they are, otherwise rebased
+        // (dropped identities removed, new identities evaluated).
         let mut prev = std::mem::take(&mut self.cache.selectors);
         if prev.signature == uni.signature {
             uni.subject_cache = std::mem::take(&mut prev.subjects);
             uni.peer_cache = std::mem::take(&mut prev.peers);
         } else {
-            prev.by_policy.clear();
+            let (subjects, peers) = (
+                std::mem::take(&mut prev.subjects),
+                std::mem::take(&mut prev.peers),
+            );
+            uni.rebase(&prev.ids, subjects, peers);
         }
         let mut state = CompiledState {
             addresses: uni.addresses.clone(),
@@ -251,34 +260,53 @@ impl Compiler {
             .flatten()
             .filter(|t| *t > at)
             .min();
-        // Subjects and rule peers per policy (reused by policy fingerprint while the universe is
-        // unchanged; each distinct selector evaluated once), inverted to policies per label set.
+        // Subjects and rule peers per policy (cache keys remembered per policy fingerprint; each
+        // distinct selector evaluated once), inverted to policies per label set.
         let mut by_policy = HashMap::new();
         let mut per_policy: Vec<PolicySelections> = Vec::with_capacity(lowered.len());
         for p in &lowered {
-            let sel = match prev.by_policy.get(&p.fingerprint) {
-                Some(v) => v.clone(),
+            let known = prev.by_policy.get(&p.fingerprint).and_then(|(sk, pks)| {
+                let subjects = uni.subject_cache.get(sk)?.1.clone();
+                let peers = pks
+                    .iter()
+                    .map(|k| match k {
+                        None => Some((None, 0)),
+                        Some(k) => uni.peer_cache.get(k).map(|(_, v, h)| (Some(v.clone()), *h)),
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                Some(((sk.clone(), pks.clone()), (subjects, peers)))
+            });
+            let (keys, sel) = match known {
+                Some(v) => v,
                 None => {
-                    let subjects = uni.subjects(&p.subject);
-                    let peers: Vec<(Option<Arc<Vec<u32>>>, u64)> = p
-                        .rules
-                        .iter()
-                        .map(|r| {
-                            let set = r.peers.as_ref().map(|ps| uni.peers(ps));
-                            let h = set.as_ref().map_or(0, |v| hash_of(&**v));
-                            (set, h)
-                        })
-                        .collect();
-                    (subjects, Arc::new(peers))
+                    let (sk, subjects) = uni.subjects(&p.subject);
+                    let mut pks = Vec::new();
+                    let mut peers = Vec::new();
+                    for r in &p.rules {
+                        match &r.peers {
+                            None => {
+                                pks.push(None);
+                                peers.push((None, 0));
+                            }
+                            Some(ps) => {
+                                let (k, v, h) = uni.peers(ps);
+                                pks.push(Some(k));
+                                peers.push((Some(v), h));
+                            }
+                        }
+                    }
+                    ((sk, pks), (subjects, peers))
                 }
             };
-            by_policy.insert(p.fingerprint, sel.clone());
+            by_policy.insert(p.fingerprint, keys);
             per_policy.push(sel);
         }
         let mut by_local: Vec<Vec<usize>> = vec![Vec::new(); uni.label_sets.len()];
         for (pi, (subjects, _)) in per_policy.iter().enumerate() {
-            for ls in subjects.iter() {
-                by_local[*ls].push(pi);
+            for id in subjects.iter() {
+                if let Some(ls) = uni.ls_index.get(id) {
+                    by_local[*ls].push(pi);
+                }
             }
         }
         let peer_sets: Vec<Vec<Option<Arc<Vec<u32>>>>> = per_policy
@@ -335,8 +363,17 @@ impl Compiler {
                 self.cache.remove(&old);
             }
         }
+        // Keep the results of the selectors current policies use.
+        let used_subjects: HashSet<&String> = by_policy.values().map(|(sk, _)| sk).collect();
+        let used_peers: HashSet<&String> = by_policy
+            .values()
+            .flat_map(|(_, pks)| pks.iter().flatten())
+            .collect();
+        uni.subject_cache.retain(|k, _| used_subjects.contains(k));
+        uni.peer_cache.retain(|k, _| used_peers.contains(k));
         self.cache.selectors = SelectorCache {
             signature: uni.signature,
+            ids: uni.ids(),
             subjects: std::mem::take(&mut uni.subject_cache),
             peers: std::mem::take(&mut uni.peer_cache),
             by_policy,

@@ -2,7 +2,7 @@
 //! identities, their numbers, the address trie contents, and the selector cache (each distinct
 //! selector evaluated once over the distinct label sets, not over workloads).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -48,8 +48,10 @@ pub(crate) struct Universe {
     /// Hash of the label sets, CIDRs, composites and their numbers: selector results can be
     /// reused across compiles while it is unchanged.
     pub signature: u64,
-    pub subject_cache: HashMap<String, Arc<Vec<usize>>>,
-    pub peer_cache: HashMap<String, Arc<Vec<u32>>>,
+    pub subject_cache: HashMap<String, SubjectEntry>,
+    pub peer_cache: HashMap<String, PeerEntry>,
+    /// Label-set identity -> index in `label_sets`.
+    pub ls_index: HashMap<u32, usize>,
 }
 
 /// Exact-match tables of the policy CIDRs per family and prefix length (longest first), for the
@@ -293,6 +295,7 @@ impl Universe {
             }
         }
         let signature = super::hash_of((&label_sets, &ls_ids, &cidrs, &cidr_ids, &composites));
+        let ls_index = ls_ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
         Ok(Universe {
             signature,
             namespaces,
@@ -309,6 +312,7 @@ impl Universe {
             addresses,
             subject_cache: HashMap::new(),
             peer_cache: HashMap::new(),
+            ls_index,
         })
     }
 
@@ -395,9 +399,9 @@ impl Universe {
         out
     }
 
-    /// Label sets a policy subject selects (cached per distinct subject).
-    pub fn subjects(&mut self, s: &ir::Subject) -> Arc<Vec<usize>> {
-        let key = format!(
+    /// Cache key of a subject.
+    pub fn subject_key(s: &ir::Subject) -> String {
+        format!(
             "{:?}|{}|{}|{:?}",
             s.namespace,
             s.namespace_selector
@@ -406,27 +410,162 @@ impl Universe {
                 .unwrap_or_default(),
             s.pod_selector.as_ref().map(canonical).unwrap_or_default(),
             s.service_accounts
-        );
-        if let Some(v) = self.subject_cache.get(&key) {
-            return v.clone();
-        }
-        let sas: Vec<&str> = s.service_accounts.iter().map(String::as_str).collect();
-        let v = self.select(
-            s.namespace.as_deref(),
-            s.namespace_selector.as_ref(),
-            s.pod_selector.as_ref(),
-            |ls| sas.is_empty() || sas.contains(&ls.service_account.as_str()),
-        );
-        let v = Arc::new(v);
-        self.subject_cache.insert(key, v.clone());
-        v
+        )
     }
 
-    /// Sorted peer identities a list of peers selects (cached per distinct peer list).
-    pub fn peers(&mut self, peers: &[ir::Peer]) -> Arc<Vec<u32>> {
+    /// Whether a subject selects label set `ls`.
+    fn subject_selects(s: &ir::Subject, ls: &LabelSet) -> bool {
+        s.namespace.as_ref().is_none_or(|n| *n == ls.namespace)
+            && s.namespace_selector
+                .as_ref()
+                .is_none_or(|sel| matches(sel, &ls.namespace_labels))
+            && s.pod_selector
+                .as_ref()
+                .is_none_or(|sel| matches(sel, &ls.labels))
+            && (s.service_accounts.is_empty() || s.service_accounts.contains(&ls.service_account))
+    }
+
+    /// Whether a workload peer selects label set `ls`.
+    fn workload_peer_selects(p: &ir::Peer, ls: &LabelSet) -> bool {
+        match p {
+            ir::Peer::Workloads {
+                namespace,
+                namespace_selector,
+                pod_selector,
+                service_account,
+            } => {
+                namespace.as_ref().is_none_or(|n| *n == ls.namespace)
+                    && namespace_selector
+                        .as_ref()
+                        .is_none_or(|sel| matches(sel, &ls.namespace_labels))
+                    && pod_selector
+                        .as_ref()
+                        .is_none_or(|sel| matches(sel, &ls.labels))
+                    && service_account.as_ref().is_none_or(|(ns, name)| {
+                        *name == ls.service_account
+                            && ns.as_ref().is_none_or(|n| *n == ls.namespace)
+                    })
+            }
+            ir::Peer::Cidr { .. } => false,
+        }
+    }
+
+    /// Whether a CIDR peer selects policy CIDR `c`.
+    fn cidr_peer_selects(p: &ir::Peer, c: &IpNet) -> bool {
+        match p {
+            ir::Peer::Cidr { net, except } => crate::compile::cidr_selects(net, except, c),
+            ir::Peer::Workloads { .. } => false,
+        }
+    }
+
+    /// Whether a peer list selects peer identity `id` (a pure function of the identity's key,
+    /// hence stable across compiles).
+    fn peers_select_id(&self, peers: &[ir::Peer], id: u32) -> bool {
+        match self.peer_kinds.get(&id) {
+            Some(PeerKind::Workload(l)) => peers
+                .iter()
+                .any(|p| Self::workload_peer_selects(p, &self.label_sets[*l])),
+            Some(PeerKind::Cidr(ci)) => peers
+                .iter()
+                .any(|p| Self::cidr_peer_selects(p, &self.cidrs[*ci])),
+            Some(PeerKind::Composite(l, ci)) => peers.iter().any(|p| {
+                Self::workload_peer_selects(p, &self.label_sets[*l])
+                    || Self::cidr_peer_selects(p, &self.cidrs[*ci])
+            }),
+            None => false,
+        }
+    }
+
+    /// Carries selector results of an earlier universe (whose identities were `old_ids`) over
+    /// to this one: identities of both keep their result (selection depends only on an
+    /// identity's key), identities that are gone are dropped, new identities are evaluated.
+    pub fn rebase(
+        &mut self,
+        old_ids: &HashSet<u32>,
+        subjects: HashMap<String, SubjectEntry>,
+        peers: HashMap<String, PeerEntry>,
+    ) {
+        let mut added: Vec<u32> = self
+            .peer_kinds
+            .keys()
+            .filter(|id| !old_ids.contains(id))
+            .copied()
+            .collect();
+        added.sort_unstable();
+        let added_ls: Vec<(u32, usize)> = added
+            .iter()
+            .filter_map(|id| self.ls_index.get(id).map(|i| (*id, *i)))
+            .collect();
+        for (key, (subject, ids)) in subjects {
+            let mut v: Vec<u32> = ids
+                .iter()
+                .copied()
+                .filter(|id| self.ls_index.contains_key(id))
+                .collect();
+            v.extend(
+                added_ls
+                    .iter()
+                    .filter(|(_, i)| Self::subject_selects(&subject, &self.label_sets[*i]))
+                    .map(|(id, _)| *id),
+            );
+            v.sort_unstable();
+            self.subject_cache.insert(key, (subject, Arc::new(v)));
+        }
+        for (key, (list, ids, _)) in peers {
+            let mut v: Vec<u32> = ids
+                .iter()
+                .copied()
+                .filter(|id| self.peer_kinds.contains_key(id))
+                .collect();
+            v.extend(
+                added
+                    .iter()
+                    .copied()
+                    .filter(|id| self.peers_select_id(&list, *id)),
+            );
+            v.sort_unstable();
+            let h = super::hash_of(&v);
+            self.peer_cache.insert(key, (list, Arc::new(v), h));
+        }
+    }
+
+    /// Every peer identity (workload, CIDR, composite) of this universe.
+    pub fn ids(&self) -> HashSet<u32> {
+        self.peer_kinds.keys().copied().collect()
+    }
+
+    /// Label-set identities a policy subject selects (cached per distinct subject).
+    pub fn subjects(&mut self, s: &ir::Subject) -> (String, Arc<Vec<u32>>) {
+        let key = Self::subject_key(s);
+        if let Some((_, v)) = self.subject_cache.get(&key) {
+            return (key, v.clone());
+        }
+        let mut v: Vec<u32> = self
+            .select(
+                s.namespace.as_deref(),
+                s.namespace_selector.as_ref(),
+                s.pod_selector.as_ref(),
+                |ls| {
+                    s.service_accounts.is_empty()
+                        || s.service_accounts.contains(&ls.service_account)
+                },
+            )
+            .into_iter()
+            .map(|i| self.ls_ids[i])
+            .collect();
+        v.sort_unstable();
+        let v = Arc::new(v);
+        self.subject_cache
+            .insert(key.clone(), (s.clone(), v.clone()));
+        (key, v)
+    }
+
+    /// Sorted peer identities a list of peers selects, and their hash (cached per distinct
+    /// peer list).
+    pub fn peers(&mut self, peers: &[ir::Peer]) -> (String, Arc<Vec<u32>>, u64) {
         let key = format!("{peers:?}");
-        if let Some(v) = self.peer_cache.get(&key) {
-            return v.clone();
+        if let Some((_, v, h)) = self.peer_cache.get(&key) {
+            return (key, v.clone(), *h);
         }
         let mut out = BTreeSet::new();
         for p in peers {
@@ -435,18 +574,13 @@ impl Universe {
                     namespace,
                     namespace_selector,
                     pod_selector,
-                    service_account,
+                    ..
                 } => {
                     let sel = self.select(
                         namespace.as_deref(),
                         namespace_selector.as_ref(),
                         pod_selector.as_ref(),
-                        |ls| {
-                            service_account.as_ref().is_none_or(|(ns, name)| {
-                                *name == ls.service_account
-                                    && ns.as_ref().is_none_or(|n| *n == ls.namespace)
-                            })
-                        },
+                        |ls| Self::workload_peer_selects(p, ls),
                     );
                     for i in sel {
                         out.insert(self.ls_ids[i]);
@@ -457,9 +591,9 @@ impl Universe {
                         );
                     }
                 }
-                ir::Peer::Cidr { net, except } => {
+                ir::Peer::Cidr { .. } => {
                     for (ci, c) in self.cidrs.iter().enumerate() {
-                        if crate::compile::cidr_selects(net, except, c) {
+                        if Self::cidr_peer_selects(p, c) {
                             out.insert(self.cidr_ids[ci]);
                             out.extend(
                                 self.composites_of_cidr[ci]
@@ -471,11 +605,19 @@ impl Universe {
                 }
             }
         }
-        let v = Arc::new(out.into_iter().collect::<Vec<u32>>());
-        self.peer_cache.insert(key, v.clone());
-        v
+        let v: Vec<u32> = out.into_iter().collect();
+        let h = super::hash_of(&v);
+        let v = Arc::new(v);
+        self.peer_cache
+            .insert(key.clone(), (peers.to_vec(), v.clone(), h));
+        (key, v, h)
     }
 }
+
+/// A cached subject: its definition and the label-set identities it selects.
+pub(crate) type SubjectEntry = (ir::Subject, Arc<Vec<u32>>);
+/// A cached peer list: its definition, the peer identities it selects, and their hash.
+pub(crate) type PeerEntry = (Vec<ir::Peer>, Arc<Vec<u32>>, u64);
 
 /// `::ffff:0:0/96`, the IPv4-mapped range of the address trie.
 pub(crate) fn mapped_v4_range() -> ipnet::Ipv6Net {
