@@ -35,6 +35,8 @@ enum Task {
     Bench,
     /// Write the CRD manifests generated from the policy types to charts/bulkhead/crds/.
     Crds,
+    /// Regenerate the policy sync API code (`proto/src/gen/`) from `proto/bulkhead/**.proto`.
+    Proto,
     /// Run a fuzz target for a while (`cargo xtask fuzz policy_parse_compile --seconds 600`).
     Fuzz {
         #[arg(default_value = "policy_parse_compile")]
@@ -64,6 +66,7 @@ fn main() -> Result<()> {
             run_built("bulkhead-bench")
         }
         Task::Crds => crds(),
+        Task::Proto => proto(),
         Task::Fuzz { target, seconds } => {
             setup::fuzz_toolchain()?;
             fuzz(&target, seconds)
@@ -122,6 +125,20 @@ fn fuzz(target: &str, seconds: u64) -> Result<()> {
         .context("running cargo fuzz")?;
     if !status.success() {
         bail!("fuzz target {target} failed (a crash or panic was found: see fuzz/artifacts/)");
+    }
+    Ok(())
+}
+
+/// The proto crate's freshness test (protox + tonic-prost-build, no protoc) rewrites the
+/// committed code when `BULKHEAD_PROTO_UPDATE` is set.
+fn proto() -> Result<()> {
+    let status = Command::new("cargo")
+        .args(["test", "-p", "bulkhead-proto", "--test", "bootstrap"])
+        .env("BULKHEAD_PROTO_UPDATE", "1")
+        .status()
+        .context("running cargo test -p bulkhead-proto")?;
+    if !status.success() {
+        bail!("regenerating proto/src/gen failed ({status})");
     }
     Ok(())
 }
