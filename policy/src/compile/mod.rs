@@ -124,7 +124,7 @@ struct LocalOut {
 struct Cache {
     locals: HashMap<(u32, u8), (u64, LocalOut)>,
     /// Label sets by a hash of their workload inputs (see [`Universe::build`]).
-    label_sets: HashMap<u64, Vec<(crate::identity::LabelSet, String)>>,
+    label_sets: HashMap<u64, Vec<universe::LabelSetEntry>>,
     /// Selector results of the previous compile and the universe signature they hold for.
     selectors: SelectorCache,
     policy: BTreeMap<PolicyEntryKey, PolicyValue>,

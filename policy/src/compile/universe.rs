@@ -29,7 +29,7 @@ pub(crate) enum PeerKind {
 }
 
 pub(crate) struct Universe {
-    pub label_sets: Vec<LabelSet>,
+    pub label_sets: Vec<Arc<LabelSet>>,
     pub ls_ids: Vec<u32>,
     pub cidrs: Vec<IpNet>,
     pub cidr_ids: Vec<u32>,
@@ -115,11 +115,11 @@ impl Universe {
         policies: &[Arc<ir::Policy>],
         inventory: &Inventory,
         table: &mut AllocationTable,
-        ls_cache: &mut HashMap<u64, Vec<(LabelSet, String)>>,
+        ls_cache: &mut HashMap<u64, Vec<LabelSetEntry>>,
     ) -> Result<Universe, Error> {
-        let mut label_sets: Vec<LabelSet> = Vec::new();
-        let mut by_key: HashMap<String, usize> = HashMap::new();
-        let mut keys_of: Vec<String> = Vec::new();
+        let mut label_sets: Vec<Arc<LabelSet>> = Vec::new();
+        let mut by_key: HashMap<Arc<str>, usize> = HashMap::new();
+        let mut keys_of: Vec<Arc<str>> = Vec::new();
         let mut workloads = BTreeMap::new();
         let mut ns_labels: HashMap<&str, (BTreeMap<String, String>, u64)> = HashMap::new();
         for ns in &inventory.namespaces {
@@ -129,11 +129,12 @@ impl Universe {
             ns_labels.insert(&ns.name, (labels, h));
         }
         let empty = (BTreeMap::new(), 0);
-        let mut new_cache: HashMap<u64, Vec<(LabelSet, String)>> = HashMap::new();
+        // Hash of a workload's identity inputs -> label-set indices of this compile.
+        let mut seen: HashMap<u64, Vec<usize>> = HashMap::new();
         for w in &inventory.workloads {
             let (nsl, nsh) = ns_labels.get(w.namespace.as_str()).unwrap_or(&empty);
             let h = super::hash_of((&w.namespace, nsh, &w.labels, &w.service_account, &w.ports));
-            let same = |(ls, _): &&(LabelSet, String)| {
+            let same = |ls: &LabelSet| {
                 ls.namespace == w.namespace
                     && ls.labels == w.labels
                     && ls.service_account == w.service_account
@@ -141,38 +142,51 @@ impl Universe {
                     && ls.ports.len() == w.ports.len()
                     && w.ports.iter().all(|p| ls.ports.binary_search(p).is_ok())
             };
-            let hit = new_cache
+            let known = seen
                 .get(&h)
-                .and_then(|b| b.iter().find(same))
-                .or_else(|| ls_cache.get(&h).and_then(|b| b.iter().find(same)))
-                .cloned();
-            let (ls, key) = match hit {
-                Some(v) => v,
+                .and_then(|b| b.iter().copied().find(|&i| same(&label_sets[i])));
+            let idx = match known {
+                Some(i) => i,
                 None => {
-                    let mut ports = w.ports.clone();
-                    ports.sort();
-                    let ls = LabelSet {
-                        namespace: w.namespace.clone(),
-                        namespace_labels: nsl.clone(),
-                        labels: w.labels.clone(),
-                        service_account: w.service_account.clone(),
-                        ports,
-                    };
-                    let key = ls.key();
-                    (ls, key)
+                    let cached = ls_cache
+                        .get(&h)
+                        .and_then(|b| b.iter().find(|(ls, _)| same(ls)))
+                        .cloned();
+                    let (ls, key) = cached.unwrap_or_else(|| {
+                        let mut ports = w.ports.clone();
+                        ports.sort();
+                        let ls = LabelSet {
+                            namespace: w.namespace.clone(),
+                            namespace_labels: nsl.clone(),
+                            labels: w.labels.clone(),
+                            service_account: w.service_account.clone(),
+                            ports,
+                        };
+                        let key: Arc<str> = ls.key().into();
+                        (Arc::new(ls), key)
+                    });
+                    let i = *by_key.entry(key.clone()).or_insert_with(|| {
+                        label_sets.push(ls);
+                        keys_of.push(key);
+                        label_sets.len() - 1
+                    });
+                    seen.entry(h).or_default().push(i);
+                    i
                 }
             };
-            let bucket = new_cache.entry(h).or_default();
-            if !bucket.iter().any(|(_, k)| *k == key) {
-                bucket.push((ls.clone(), key.clone()));
-            }
-            let idx = *by_key.entry(key.clone()).or_insert_with(|| {
-                label_sets.push(ls);
-                keys_of.push(key);
-                label_sets.len() - 1
-            });
             workloads.insert(w.reference(), (idx, w.ips.clone(), w.cgroup.clone()));
         }
+        let new_cache: HashMap<u64, Vec<LabelSetEntry>> = seen
+            .into_iter()
+            .map(|(h, idxs)| {
+                (
+                    h,
+                    idxs.into_iter()
+                        .map(|i| (label_sets[i].clone(), keys_of[i].clone()))
+                        .collect(),
+                )
+            })
+            .collect();
         *ls_cache = new_cache;
         let mut cidr_set = BTreeSet::new();
         for p in policies {
@@ -200,7 +214,7 @@ impl Universe {
         // Only keys the table does not know yet need an allocation (usually none).
         let missing: BTreeSet<String> = keys_of
             .iter()
-            .cloned()
+            .map(|k| k.to_string())
             .chain(cidrs.iter().map(cidr_key))
             .chain(composite_keys.values().cloned())
             .filter(|k| table.get(k).is_none())
@@ -330,7 +344,7 @@ impl Universe {
             })
             .collect();
         for (i, ls) in self.label_sets.iter().enumerate() {
-            out.insert(self.ls_ids[i], IdentityInfo::Workload(ls.clone()));
+            out.insert(self.ls_ids[i], IdentityInfo::Workload((**ls).clone()));
         }
         for (i, c) in self.cidrs.iter().enumerate() {
             out.insert(self.cidr_ids[i], IdentityInfo::Cidr { cidr: *c });
@@ -614,6 +628,8 @@ impl Universe {
     }
 }
 
+/// A cached label set and its identity key.
+pub(crate) type LabelSetEntry = (Arc<LabelSet>, Arc<str>);
 /// A cached subject: its definition and the label-set identities it selects.
 pub(crate) type SubjectEntry = (ir::Subject, Arc<Vec<u32>>);
 /// A cached peer list: its definition, the peer identities it selects, and their hash.
