@@ -89,14 +89,24 @@ fn test(fuzz_seconds: u64) -> Result<()> {
     })?;
     // Unit, kernel (real programs on this kernel, in test namespaces and cgroups) and
     // conformance tests. Kernel tests need root; CI runs as root.
-    step("tests", || {
-        cargo(&["test", "--workspace", "--no-fail-fast"])
+    // The agent and demo tests run the real binaries: build them first (`cargo test` alone
+    // does not build another package's binaries).
+    step("build binaries", || {
+        cargo(&["build", "-p", "enforcer", "-p", "bulkhead-tests", "--bins"])
+    })?;
+    let totals = step("tests", || {
+        cargo_test(&["test", "--workspace", "--no-fail-fast"])
     })?;
     if fuzz_seconds > 0 {
         setup::fuzz_toolchain()?;
         step("fuzz", || fuzz("policy_parse_compile", fuzz_seconds))?;
     }
     println!("xtask test: every step passed");
+    // The closing line a CI reader looks for: the totals of every test binary.
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
     Ok(())
 }
 
@@ -143,7 +153,7 @@ fn proto() -> Result<()> {
     Ok(())
 }
 
-fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     println!("\n==> xtask test: {name}");
     f().with_context(|| format!("step `{name}` failed"))
 }
@@ -175,6 +185,90 @@ fn run_built(name: &str) -> Result<()> {
         bail!("{name} failed ({status})");
     }
     Ok(())
+}
+
+/// Totals over every `test result:` line of a `cargo test` run.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    /// Adds one `test result: ok. 13 passed; 0 failed; 1 ignored; ...` line.
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(count)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            match what {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                "ignored" => self.ignored += count,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs `cargo test`, echoing its output, and sums its results.
+fn cargo_test(args: &[&str]) -> Result<Totals> {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = Command::new("cargo")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    let mut totals = Totals::default();
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        totals.add_line(&line);
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        println!(
+            "tests: {} passed, {} failed, {} skipped",
+            totals.passed, totals.failed, totals.ignored
+        );
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    if totals.passed == 0 {
+        bail!("cargo test ran no test");
+    }
+    Ok(totals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Totals;
+
+    #[test]
+    fn sums_cargo_test_result_lines() {
+        let mut totals = Totals::default();
+        totals.add_line("test result: ok. 13 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.13s");
+        totals.add_line(
+            "test result: FAILED. 2 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        totals.add_line("running 5 tests");
+        assert_eq!(
+            totals,
+            Totals {
+                passed: 15,
+                failed: 3,
+                ignored: 1
+            }
+        );
+    }
 }
 
 /// Runs cargo with the given arguments in the workspace root.
