@@ -248,6 +248,18 @@ fn cargo_test(args: &[&str]) -> Result<Totals> {
     Ok(totals)
 }
 
+/// Runs cargo with the given arguments in the workspace root.
+pub(crate) fn cargo(args: &[&str]) -> Result<()> {
+    let status = Command::new("cargo")
+        .args(args)
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::Totals;
@@ -269,16 +281,4 @@ mod tests {
             }
         );
     }
-}
-
-/// Runs cargo with the given arguments in the workspace root.
-pub(crate) fn cargo(args: &[&str]) -> Result<()> {
-    let status = Command::new("cargo")
-        .args(args)
-        .status()
-        .with_context(|| format!("running cargo {}", args.join(" ")))?;
-    if !status.success() {
-        bail!("cargo {} failed ({status})", args.join(" "));
-    }
-    Ok(())
 }
