@@ -1,0 +1,3 @@
+//! Bulkhead controller library. [`sync`]: the policy sync server the enforcers connect to.
+
+pub mod sync;

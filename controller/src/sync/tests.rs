@@ -1,0 +1,163 @@
+//! Hub tests: per-node views, incremental deltas, history, resume decisions.
+
+use std::collections::BTreeMap;
+
+use bulkhead_policy::{CompiledState, Compiler, Inventory, PolicySet, WorkloadRef};
+
+use super::hub::Catchup;
+use super::{NodeAssignment, SyncHub};
+
+const INVENTORY: &str = "namespaces: [{name: x}]
+workloads:
+- {namespace: x, name: a, labels: {app: a}, ips: [10.0.0.1]}
+- {namespace: x, name: b, labels: {app: b}, ips: [10.0.0.2]}
+- {namespace: x, name: c, labels: {app: c}, ips: [10.0.0.3]}
+";
+
+fn policy(app: &str, port: u16) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: np-{app}, namespace: x}}\nspec: {{podSelector: {{matchLabels: {{app: {app}}}}}, ingress: [{{ports: [{{port: {port}}}]}}]}}\n"
+    )
+}
+
+fn compile(c: &mut Compiler, inventory: &str, policies: &[String]) -> CompiledState {
+    let inv = Inventory::from_yaml_str("inv.yaml", inventory).unwrap();
+    let p = PolicySet::from_yaml_str("p.yaml", &policies.join("---\n")).unwrap();
+    c.compile(&p, &inv, "2026-11-27T12:00:00Z".parse().unwrap())
+        .unwrap()
+}
+
+fn assign(pairs: &[(&str, &str)]) -> NodeAssignment {
+    let mut a: NodeAssignment = BTreeMap::new();
+    for (node, pod) in pairs {
+        let pods = a.entry((*node).to_owned()).or_default();
+        if !pod.is_empty() {
+            pods.insert(WorkloadRef::new("x", *pod), format!("uid-{pod}"));
+        }
+    }
+    a
+}
+
+fn replay(hub: &SyncHub, node: &str, from: &bulkhead_proto::Snapshot) -> bulkhead_proto::NodeView {
+    let mut view = from.view.clone();
+    let catchup = hub.lock().catchup(node, from.epoch, from.revision);
+    match catchup {
+        Catchup::Deltas(ds) => {
+            let mut rev = from.revision;
+            for d in ds {
+                assert_eq!(d.previous_revision, rev);
+                assert!(d.revision > rev);
+                rev = d.revision;
+                view.apply(&d).unwrap();
+            }
+        }
+        Catchup::Nothing => {}
+        Catchup::Snapshot(_) => panic!("expected deltas"),
+    }
+    view
+}
+
+#[test]
+fn views_hold_the_local_identities_and_every_address() {
+    let mut c = Compiler::default();
+    let s = compile(&mut c, INVENTORY, &[policy("a", 80), policy("b", 81)]);
+    let hub = SyncHub::default();
+    assert_eq!(
+        hub.update(&s, &assign(&[("n1", "a"), ("n2", "b"), ("n3", "")])),
+        1
+    );
+    let id = |w: &str| s.workloads[&WorkloadRef::new("x", w)].identity;
+    let v1 = hub.view("n1").unwrap();
+    assert_eq!(v1.revision, 1);
+    assert!(!v1.view.policy.is_empty());
+    assert!(
+        v1.view
+            .policy
+            .keys()
+            .all(|k| k.key.local_identity == id("a"))
+    );
+    assert!(v1.view.defaults.keys().all(|k| k.local_identity == id("a")));
+    assert_eq!(v1.view.addresses, s.addresses);
+    assert_eq!(v1.view.rules, s.rules);
+    assert_eq!(v1.view.workloads.len(), 1);
+    let v3 = hub.view("n3").unwrap();
+    assert!(v3.view.policy.is_empty() && v3.view.workloads.is_empty());
+    assert_eq!(v3.view.addresses, s.addresses);
+}
+
+#[test]
+fn only_nodes_whose_view_changed_get_a_delta() {
+    let mut c = Compiler::default();
+    let hub = SyncHub::default();
+    let nodes = assign(&[("n1", "a"), ("n2", "b"), ("n3", "c")]);
+    hub.update(
+        &compile(&mut c, INVENTORY, &[policy("a", 80), policy("b", 81)]),
+        &nodes,
+    );
+    let before: BTreeMap<_, _> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| (*n, hub.view(n).unwrap()))
+        .collect();
+    // Only b's policy changes: only n2 gets revision 2.
+    let s2 = compile(&mut c, INVENTORY, &[policy("a", 80), policy("b", 82)]);
+    assert_eq!(hub.update(&s2, &nodes), 2);
+    let desired = hub.desired();
+    assert_eq!(desired["n1"], 1);
+    assert_eq!(desired["n2"], 2);
+    assert_eq!(desired["n3"], 1);
+    // Nothing changed: no new revision.
+    assert_eq!(hub.update(&s2, &nodes), 2);
+    // Each node's deltas turn its old view into its current one.
+    for (n, snap) in &before {
+        assert_eq!(&replay(&hub, n, snap), &hub.view(n).unwrap().view, "{n}");
+    }
+}
+
+#[test]
+fn pods_moving_and_addresses_changing_replay_exactly() {
+    let mut c = Compiler::default();
+    let hub = SyncHub::default();
+    let pols = [policy("a", 80), policy("c", 90)];
+    hub.update(
+        &compile(&mut c, INVENTORY, &pols),
+        &assign(&[("n1", "a"), ("n2", "b")]),
+    );
+    let start = hub.view("n1").unwrap();
+    let start2 = hub.view("n2").unwrap();
+    // a moves to n2, c appears on n1; then an address changes (every node gets a delta).
+    hub.update(
+        &compile(&mut c, INVENTORY, &pols),
+        &assign(&[("n1", "c"), ("n2", "a"), ("n2", "b")]),
+    );
+    let moved = INVENTORY.replace("10.0.0.2", "10.0.0.9");
+    let r = hub.update(
+        &compile(&mut c, &moved, &pols),
+        &assign(&[("n1", "c"), ("n2", "a"), ("n2", "b")]),
+    );
+    assert_eq!(r, 3);
+    assert_eq!(hub.desired().values().copied().collect::<Vec<_>>(), [3, 3]);
+    assert_eq!(replay(&hub, "n1", &start), hub.view("n1").unwrap().view);
+    assert_eq!(replay(&hub, "n2", &start2), hub.view("n2").unwrap().view);
+}
+
+#[test]
+fn resume_decisions() {
+    let mut c = Compiler::default();
+    let hub = SyncHub::new(2);
+    let nodes = assign(&[("n1", "a")]);
+    for port in [80, 81, 82, 83] {
+        hub.update(&compile(&mut c, INVENTORY, &[policy("a", port)]), &nodes);
+    }
+    let epoch = hub.epoch();
+    let hub_ = hub.lock();
+    // Up to date: nothing. In history (2 deltas kept: 2->3, 3->4): deltas.
+    assert!(matches!(hub_.catchup("n1", epoch, 4), Catchup::Nothing));
+    assert!(matches!(hub_.catchup("n1", epoch, 2), Catchup::Deltas(d) if d.len() == 2));
+    // Older than the history, unknown, nothing held, another epoch: a snapshot.
+    for (e, held) in [(epoch, 1), (epoch, 99), (epoch, 0), (epoch ^ 2, 3)] {
+        assert!(
+            matches!(hub_.catchup("n1", e, held), Catchup::Snapshot(s) if s.revision == 4),
+            "{held}"
+        );
+    }
+}
