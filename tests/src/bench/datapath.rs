@@ -33,7 +33,7 @@ use enforcer_common::{
 
 use super::{
     stats::{Samples, timed},
-    worker::{ServerProcess, bulk_from, connection_rate_from},
+    worker::{Run, ServerProcess, bulk_from, connection_rate_from},
 };
 use crate::{
     bpf_query::{ALL_ATTACH_TYPES, attached_count},
@@ -119,8 +119,12 @@ pub struct LaneResult {
     pub programs_on_path: usize,
     /// Connections per second, one sample per repetition.
     pub connection_rate: Samples,
+    /// Connections per CPU-second of the client and the server.
+    pub connections_per_cpu_s: Samples,
     /// Bytes per second, one sample per repetition.
     pub throughput: Samples,
+    /// Bytes per CPU-second of the client and the server.
+    pub bytes_per_cpu_s: Samples,
     /// Verdict events read (in all, from `connect`, from the server's SYN), events that were
     /// not the pair's allow entries, events lost.
     pub events: u64,
@@ -194,7 +198,7 @@ impl Drop for Enforcer {
 /// server, then the namespaces and cgroups.
 struct Lane {
     enforcer: Option<Enforcer>,
-    _server: ServerProcess,
+    server_process: ServerProcess,
     client: Workload,
     server: Workload,
     _net: TestNet,
@@ -222,7 +226,9 @@ impl Lane {
             apply: None,
             programs_on_path: 0,
             connection_rate: Samples::default(),
+            connections_per_cpu_s: Samples::default(),
             throughput: Samples::default(),
+            bytes_per_cpu_s: Samples::default(),
             events: 0,
             connect_events: 0,
             syn_events: 0,
@@ -246,7 +252,7 @@ impl Lane {
         let server_process = ServerProcess::start(&server, CRR_PORT, BULK_PORT)?;
         Ok(Self {
             enforcer,
-            _server: server_process,
+            server_process,
             client,
             server,
             _net: net,
@@ -258,19 +264,20 @@ impl Lane {
         SocketAddr::V4(SocketAddrV4::new(self.server.ipv4, port))
     }
 
-    fn connection_rate(&mut self, count: u32) -> Result<f64> {
-        let rate = connection_rate_from(&self.client, self.target(CRR_PORT), count)
+    fn connection_rate(&mut self, count: u32) -> Result<Run> {
+        let target = self.target(CRR_PORT);
+        let run = connection_rate_from(&self.client, &self.server_process, target, count)
             .with_context(|| format!("connection rate, {}", self.result.config.label()))?;
         self.drain_events()?;
-        Ok(rate)
+        Ok(run)
     }
 
-    /// One bulk run: bytes received and bytes per second.
-    fn throughput(&mut self, time: Duration) -> Result<(u64, f64)> {
-        let (bytes, elapsed) = bulk_from(&self.client, self.target(BULK_PORT), time)
+    fn throughput(&mut self, time: Duration) -> Result<Run> {
+        let target = self.target(BULK_PORT);
+        let run = bulk_from(&self.client, &self.server_process, target, time)
             .with_context(|| format!("throughput, {}", self.result.config.label()))?;
         self.drain_events()?;
-        Ok((bytes, bytes as f64 / elapsed.as_secs_f64()))
+        Ok(run)
     }
 
     /// Reads every pending verdict event (as an agent would) and counts those that are not
@@ -366,12 +373,17 @@ pub fn run(progress: &mut dyn FnMut(&str)) -> Result<DatapathReport> {
         progress(&format!("datapath: repetition {}/{REPS}", rep + 1));
         let n = lanes.len();
         for i in (0..n).map(|i| (i + rep) % n) {
-            let rate = lanes[i].connection_rate(CRR_COUNT)?;
-            lanes[i].result.connection_rate.push(rate);
+            let run = lanes[i].connection_rate(CRR_COUNT)?;
+            lanes[i].result.connection_rate.push(run.rate());
+            lanes[i]
+                .result
+                .connections_per_cpu_s
+                .push(run.per_cpu_second());
         }
         for i in (0..n).map(|i| (i + rep) % n) {
-            let (_, rate) = lanes[i].throughput(BULK_TIME)?;
-            lanes[i].result.throughput.push(rate);
+            let run = lanes[i].throughput(BULK_TIME)?;
+            lanes[i].result.throughput.push(run.rate());
+            lanes[i].result.bytes_per_cpu_s.push(run.per_cpu_second());
         }
     }
 
@@ -384,8 +396,7 @@ pub fn run(progress: &mut dyn FnMut(&str)) -> Result<DatapathReport> {
         lane.connection_rate(CRR_COUNT)?;
         lane.result.stats_connections = u64::from(CRR_COUNT);
         let s1 = lane.program_stats()?.context("stats")?;
-        let (bytes, _) = lane.throughput(BULK_TIME)?;
-        lane.result.stats_bulk_bytes = bytes;
+        lane.result.stats_bulk_bytes = lane.throughput(BULK_TIME)?.units;
         let s2 = lane.program_stats()?.context("stats")?;
         lane.result.connection_costs = costs(&s0, &s1);
         lane.result.bulk_costs = costs(&s1, &s2);

@@ -9,9 +9,15 @@
 //!   `BULK_PORT`, read each connection to its end and answer with the byte count (u64, LE).
 //!   Prints `ready` once both listen.
 //! - `crr ADDR:PORT COUNT`: COUNT times connect, request, response, wait for the close; prints
-//!   `ok COUNT NANOS`.
+//!   `ok COUNT NANOS CPU_NANOS`.
 //! - `bulk ADDR:PORT MILLIS`: writes 64 KiB buffers for MILLIS, half-closes and waits for the
-//!   receiver's count; prints `ok BYTES NANOS` (from the first write to the count's arrival).
+//!   receiver's count; prints `ok BYTES NANOS CPU_NANOS` (from the first write to the count's
+//!   arrival).
+//!
+//! `CPU_NANOS` is the client's CPU time during the run. The kernel runs most of the packet path
+//! (veth, softirq, the BPF programs) in the context of the task that sends, and this kernel has no
+//! separate IRQ time accounting, so the client's and the server's CPU time together are the
+//! CPU cost of the run: a measure that another process's load changes far less than wall time.
 
 use std::{
     fs,
@@ -47,13 +53,13 @@ pub fn main(args: &[String]) -> io::Result<()> {
         ("serve", [crr_port, bulk_port]) => serve(parse(crr_port)?, parse(bulk_port)?),
         ("crr", [to, count]) => {
             let count: u32 = parse(count)?;
-            let elapsed = connection_rate(parse(to)?, count)?;
-            println!("ok {count} {}", elapsed.as_nanos());
+            let (elapsed, cpu) = connection_rate(parse(to)?, count)?;
+            println!("ok {count} {} {}", elapsed.as_nanos(), cpu.as_nanos());
             Ok(())
         }
         ("bulk", [to, millis]) => {
-            let (bytes, elapsed) = bulk(parse(to)?, Duration::from_millis(parse(millis)?))?;
-            println!("ok {bytes} {}", elapsed.as_nanos());
+            let (bytes, elapsed, cpu) = bulk(parse(to)?, Duration::from_millis(parse(millis)?))?;
+            println!("ok {bytes} {} {}", elapsed.as_nanos(), cpu.as_nanos());
             Ok(())
         }
         _ => Err(io::Error::other(format!(
@@ -124,10 +130,20 @@ fn receive_bulk(mut stream: TcpStream) -> io::Result<()> {
     stream.write_all(&total.to_le_bytes())
 }
 
-/// One connection at a time, `count` times; the time of all of them.
-fn connection_rate(to: SocketAddr, count: u32) -> io::Result<Duration> {
+/// This process's CPU time so far.
+fn cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
+}
+
+/// One connection at a time, `count` times; the wall and CPU time of all of them.
+fn connection_rate(to: SocketAddr, count: u32) -> io::Result<(Duration, Duration)> {
     let request = [0x42u8; MESSAGE_BYTES];
     let mut response = [0u8; MESSAGE_BYTES];
+    let cpu = cpu_time();
     let start = Instant::now();
     for _ in 0..count {
         let mut s = TcpStream::connect_timeout(&to, IO_TIMEOUT)?;
@@ -140,16 +156,17 @@ fn connection_rate(to: SocketAddr, count: u32) -> io::Result<Duration> {
             return Err(io::Error::other("server sent more than one response"));
         }
     }
-    Ok(start.elapsed())
+    Ok((start.elapsed(), cpu_time() - cpu))
 }
 
 /// Writes for `duration`, then waits for the receiver's count.
-fn bulk(to: SocketAddr, duration: Duration) -> io::Result<(u64, Duration)> {
+fn bulk(to: SocketAddr, duration: Duration) -> io::Result<(u64, Duration, Duration)> {
     let buf = vec![0x5au8; BULK_WRITE_BYTES];
     let mut s = TcpStream::connect_timeout(&to, IO_TIMEOUT)?;
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     s.set_write_timeout(Some(IO_TIMEOUT))?;
     let mut sent = 0u64;
+    let cpu = cpu_time();
     let start = Instant::now();
     while start.elapsed() < duration {
         s.write_all(&buf)?;
@@ -159,13 +176,14 @@ fn bulk(to: SocketAddr, duration: Duration) -> io::Result<(u64, Duration)> {
     let mut count = [0u8; 8];
     s.read_exact(&mut count)?;
     let elapsed = start.elapsed();
+    let cpu = cpu_time() - cpu;
     let received = u64::from_le_bytes(count);
     if received != sent {
         return Err(io::Error::other(format!(
             "sent {sent} bytes, the receiver counted {received}"
         )));
     }
-    Ok((received, elapsed))
+    Ok((received, elapsed, cpu))
 }
 
 fn worker_command(w: &Workload, mode: &str) -> io::Result<Command> {
@@ -204,6 +222,21 @@ impl ServerProcess {
             )))
         }
     }
+
+    /// CPU time of all the server's threads so far: the sum of the first field of each
+    /// `/proc/PID/task/TID/schedstat` (nanoseconds on a CPU).
+    fn cpu_time(&self) -> io::Result<Duration> {
+        let mut ns = 0u64;
+        for task in fs::read_dir(format!("/proc/{}/task", self.0.id()))? {
+            let stat = fs::read_to_string(task?.path().join("schedstat"))?;
+            ns += stat
+                .split_whitespace()
+                .next()
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        Ok(Duration::from_nanos(ns))
+    }
 }
 
 impl Drop for ServerProcess {
@@ -213,13 +246,45 @@ impl Drop for ServerProcess {
     }
 }
 
-/// Runs a client mode in `w` and returns the two numbers of its `ok A B` line.
-fn run_client(w: &Workload, mode: &str, args: [String; 2]) -> io::Result<(u64, Duration)> {
+/// One client run: units of work done (connections, bytes), wall time, and the CPU time of the
+/// client and the server together.
+#[derive(Clone, Copy, Debug)]
+pub struct Run {
+    pub units: u64,
+    pub elapsed: Duration,
+    pub cpu: Duration,
+}
+
+impl Run {
+    /// Units per second of wall time.
+    pub fn rate(&self) -> f64 {
+        self.units as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Units per second of CPU time.
+    pub fn per_cpu_second(&self) -> f64 {
+        self.units as f64 / self.cpu.as_secs_f64()
+    }
+}
+
+/// Runs a client mode in `w` against `server` and parses its `ok UNITS NANOS CPU_NANOS` line.
+fn run_client(
+    w: &Workload,
+    server: &ServerProcess,
+    mode: &str,
+    args: [String; 2],
+) -> io::Result<Run> {
+    let server_before = server.cpu_time()?;
     let out = worker_command(w, mode)?.args(args).output()?;
+    let server_cpu = server.cpu_time()?.saturating_sub(server_before);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let words: Vec<&str> = stdout.split_whitespace().collect();
     match (out.status.success(), words.as_slice()) {
-        (true, ["ok", a, nanos]) => Ok((parse(a)?, Duration::from_nanos(parse(nanos)?))),
+        (true, ["ok", units, nanos, cpu]) => Ok(Run {
+            units: parse(units)?,
+            elapsed: Duration::from_nanos(parse(nanos)?),
+            cpu: Duration::from_nanos(parse(cpu)?) + server_cpu,
+        }),
         _ => Err(io::Error::other(format!(
             "{mode} client in {} failed: {} {}",
             w.name,
@@ -229,17 +294,27 @@ fn run_client(w: &Workload, mode: &str, args: [String; 2]) -> io::Result<(u64, D
     }
 }
 
-/// `count` connection-rate transactions from `w` to `to`; connections per second.
-pub fn connection_rate_from(w: &Workload, to: SocketAddr, count: u32) -> io::Result<f64> {
-    let (done, elapsed) = run_client(w, "crr", [to.to_string(), count.to_string()])?;
-    Ok(done as f64 / elapsed.as_secs_f64())
+/// `count` connection-rate transactions from `w` to `to` (served by `server`).
+pub fn connection_rate_from(
+    w: &Workload,
+    server: &ServerProcess,
+    to: SocketAddr,
+    count: u32,
+) -> io::Result<Run> {
+    run_client(w, server, "crr", [to.to_string(), count.to_string()])
 }
 
-/// One bulk stream from `w` to `to` for `duration`: the bytes the receiver counted and the time
-/// from the first write to the arrival of that count.
-pub fn bulk_from(w: &Workload, to: SocketAddr, duration: Duration) -> io::Result<(u64, Duration)> {
+/// One bulk stream from `w` to `to` (received by `server`) for `duration`; the units are the
+/// bytes the receiver counted, the wall time runs from the first write to that count's arrival.
+pub fn bulk_from(
+    w: &Workload,
+    server: &ServerProcess,
+    to: SocketAddr,
+    duration: Duration,
+) -> io::Result<Run> {
     run_client(
         w,
+        server,
         "bulk",
         [to.to_string(), duration.as_millis().to_string()],
     )
