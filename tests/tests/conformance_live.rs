@@ -20,7 +20,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use bulkhead_policy::{AllocationTable, Compiler, PolicySet, load};
+use bulkhead_policy::{AllocationTable, Compiler};
 use bulkhead_tests::conformance::offline::{self, Engine, OfflineProber};
 use bulkhead_tests::conformance::{
     self, IpFamily, Model, PORTS, PodId, PolicyDoc, PolicyStore, Prober, Protocol, RunOptions,
@@ -121,21 +121,9 @@ fn add_model_route(workload: &Workload) -> Result<()> {
     Ok(())
 }
 
-/// The policy library's set for the docs (as the offline prober builds it).
-fn policy_set(policies: &[PolicyDoc]) -> Result<PolicySet> {
-    let mut objects = Vec::new();
-    for doc in policies {
-        let source = format!("conformance:{}/{}", doc.namespace, doc.name);
-        for object in load::parse_documents(&source, &doc.yaml)? {
-            objects.push((source.clone(), object));
-        }
-    }
-    PolicySet::from_objects(objects).context("building the policy set")
-}
-
 impl Prober for LiveProber {
     fn apply(&mut self, policies: &[PolicyDoc], model: &Model) -> Result<()> {
-        let policies = policy_set(policies)?;
+        let policies = offline::policy_set(policies)?;
         let mut inventory = offline::inventory(model);
         for workload in &mut inventory.workloads {
             let pod = PodId::parse(&format!("{}/{}", workload.namespace, workload.name))

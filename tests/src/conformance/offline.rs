@@ -94,6 +94,18 @@ pub fn inventory(model: &Model) -> Inventory {
     }
 }
 
+/// The policy library's set for a step's policy documents (shared with the live prober).
+pub fn policy_set(policies: &[PolicyDoc]) -> Result<PolicySet> {
+    let mut objects = Vec::new();
+    for doc in policies {
+        let source = format!("conformance:{}/{}", doc.namespace, doc.name);
+        for object in load::parse_documents(&source, &doc.yaml)? {
+            objects.push((source.clone(), object));
+        }
+    }
+    PolicySet::from_objects(objects).context("building the policy set")
+}
+
 fn library_protocol(protocol: Protocol) -> bulkhead_policy::Protocol {
     match protocol {
         Protocol::TCP => bulkhead_policy::Protocol::Tcp,
@@ -104,14 +116,7 @@ fn library_protocol(protocol: Protocol) -> bulkhead_policy::Protocol {
 
 impl Prober for OfflineProber {
     fn apply(&mut self, policies: &[PolicyDoc], model: &Model) -> Result<()> {
-        let mut objects = Vec::new();
-        for doc in policies {
-            let source = format!("conformance:{}/{}", doc.namespace, doc.name);
-            for object in load::parse_documents(&source, &doc.yaml)? {
-                objects.push((source.clone(), object));
-            }
-        }
-        let policies = PolicySet::from_objects(objects).context("building the policy set")?;
+        let policies = policy_set(policies)?;
         let inventory = inventory(model);
         inventory
             .validate("conformance model")
