@@ -11,6 +11,7 @@
 
 mod hub;
 mod service;
+pub mod synth;
 #[cfg(test)]
 mod tests;
 

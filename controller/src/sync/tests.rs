@@ -161,3 +161,35 @@ fn resume_decisions() {
         );
     }
 }
+
+/// The scale (5,000 nodes, 50,000 pods, 2,000 policies): the time from a one-policy
+/// change to the deltas, and the snapshot size per node. Slow in debug builds: run with
+/// `cargo test --release -p bulkhead-controller -- --ignored --nocapture scale`.
+#[test]
+#[ignore = "measurement; run in release"]
+fn scale_change_to_delta() {
+    use super::synth::{Shape, synthetic};
+    use prost::Message;
+    let (s1, nodes) = synthetic(Shape::TARGET, 0);
+    let (s2, _) = synthetic(Shape::TARGET, 1);
+    let hub = SyncHub::default();
+    let t = std::time::Instant::now();
+    hub.update(&s1, &nodes);
+    let initial = t.elapsed();
+    let snap = hub.view("node-00000").unwrap();
+    let bytes = bulkhead_proto::wire::Snapshot::from(&snap).encoded_len();
+    let t = std::time::Instant::now();
+    hub.update(&s2, &nodes);
+    let change = t.elapsed();
+    let changed = hub.desired().values().filter(|r| **r == 2).count();
+    println!(
+        "initial publish {initial:?}; snapshot of one node {bytes} bytes ({} policy entries, {} addresses); one-policy change to deltas {change:?}, {changed} of {} nodes got a delta",
+        snap.view.policy.len(),
+        snap.view.addresses.len(),
+        nodes.len()
+    );
+    assert_eq!(
+        changed, 10,
+        "the nodes running a pod of the changed identity"
+    );
+}

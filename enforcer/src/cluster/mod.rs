@@ -1,0 +1,146 @@
+//! Cluster mode, policy sync client side: the enforcer connects to the controller
+//! ([`client::run`]), says which node it is and which revision it holds, applies the snapshot
+//! and deltas it receives to its [`Held`] state, hands each new state to an [`Enforce`]
+//! implementation (which writes the kernel maps, from [`Held::desired`]), and acknowledges what
+//! was enforced. A message that is malformed, does not follow the held revision, or fails to
+//! enforce is rejected (`Nack`) and nothing of it is kept. While disconnected the last enforced
+//! state stays in force; the client reconnects with exponential, capped, jittered backoff and
+//! resumes from the held revision.
+//!
+//! Pods reach the `WORKLOADS` map through their cgroup, which [`PodCgroups`] finds by pod UID.
+
+mod client;
+#[cfg(test)]
+mod tests;
+
+use bulkhead_proto::{ControllerMsg, NodeView, PodRef, Problem, WireError};
+use enforcer_common::{PolicyValue, WorkloadValue, identity};
+
+use crate::datapath::{BootClock, DesiredMaps};
+
+pub use client::{Backoff, ClientConfig, ClientError, connect, run};
+
+/// Finds a pod's cgroup (the cgroup v2 directory's inode) by its UID.
+pub trait PodCgroups {
+    /// The pod's cgroup id, if its cgroup exists.
+    fn cgroup_id(&self, pod_uid: &str) -> Option<u64>;
+}
+
+/// Which kind of message produced a state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// A whole view.
+    Snapshot,
+    /// A delta on the held view.
+    Delta,
+}
+
+/// Makes a state the enforced one.
+pub trait Enforce: Send {
+    /// Enforces `held` (e.g. `held.desired(..)` written to the kernel maps). An error keeps the
+    /// previous state in force and is reported to the controller.
+    fn enforce(&mut self, held: &Held, how: Applied) -> Result<(), String>;
+}
+
+/// The state an enforcer holds: which controller epoch and revision, and the node's view.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Held {
+    /// Epoch of the controller that produced it.
+    pub epoch: u64,
+    /// Revision (0: nothing held).
+    pub revision: u64,
+    /// The node's view.
+    pub view: NodeView,
+}
+
+impl Held {
+    /// Applies a controller message; on error nothing changed. A snapshot replaces the view; a
+    /// delta must follow the held revision of the same epoch.
+    pub fn apply(&mut self, msg: ControllerMsg) -> Result<Applied, WireError> {
+        match msg {
+            ControllerMsg::Snapshot(s) => {
+                self.epoch = s.epoch;
+                self.revision = s.revision;
+                self.view = s.view;
+                Ok(Applied::Snapshot)
+            }
+            ControllerMsg::Delta(d) => {
+                if d.epoch != self.epoch {
+                    return Err(WireError {
+                        message: "Delta",
+                        field: "epoch".into(),
+                        problem: Problem::Revision {
+                            got: d.epoch,
+                            expected: format!("= {} (the held epoch)", self.epoch),
+                        },
+                    });
+                }
+                if d.previous_revision != self.revision {
+                    return Err(WireError {
+                        message: "Delta",
+                        field: "previous_revision".into(),
+                        problem: Problem::Revision {
+                            got: d.previous_revision,
+                            expected: format!("= {} (the held revision)", self.revision),
+                        },
+                    });
+                }
+                self.view.apply(&d)?;
+                self.revision = d.revision;
+                Ok(Applied::Delta)
+            }
+        }
+    }
+
+    /// The desired kernel maps of this state: pods through their cgroups, validity windows on
+    /// the boot clock, the sync revision as the maps' revision. Also returns the pods whose
+    /// cgroup was not found (not enforced until it is).
+    pub fn desired(
+        &self,
+        cgroups: &dyn PodCgroups,
+        clock: &BootClock,
+    ) -> (DesiredMaps, Vec<PodRef>) {
+        let to_boot = |v: &PolicyValue| PolicyValue {
+            not_before: clock.to_boot_ns(v.not_before),
+            expires_at: clock.to_boot_ns(v.expires_at),
+            ..*v
+        };
+        let mut maps = DesiredMaps {
+            revision: self.revision,
+            unmanaged_identity: identity::UNMANAGED,
+            ..DesiredMaps::default()
+        };
+        let mut missing = Vec::new();
+        for (pod, id) in &self.view.workloads {
+            match cgroups.cgroup_id(&pod.uid) {
+                Some(cgroup) => {
+                    let value = WorkloadValue {
+                        identity: *id,
+                        flags: 0,
+                    };
+                    maps.workloads.insert(cgroup, value);
+                }
+                None => missing.push(pod.clone()),
+            }
+        }
+        maps.addresses = self
+            .view
+            .addresses
+            .iter()
+            .map(|(p, id)| ((p.addr, p.prefix_len), *id))
+            .collect();
+        maps.policy = self
+            .view
+            .policy
+            .iter()
+            .map(|(k, v)| ((k.key, k.prefix_len), to_boot(v)))
+            .collect();
+        maps.defaults = self
+            .view
+            .defaults
+            .iter()
+            .map(|(k, v)| (*k, to_boot(v)))
+            .collect();
+        (maps, missing)
+    }
+}
