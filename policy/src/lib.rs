@@ -28,7 +28,8 @@ pub mod spec;
 pub mod validate;
 
 pub use compile::{
-    AddrPrefix, CompiledState, CompiledWorkload, Compiler, MapDiff, PolicyEntryKey, StateDiff,
+    AddrPrefix, CompiledState, CompiledWorkload, Compiler, Incremental, MapDiff, PolicyEntryKey,
+    StateDiff,
 };
 pub use error::Error;
 pub use evaluate::{Decision, Endpoint, Flow, Protocol, Reason, SideDecision, Verdict, evaluate};

@@ -81,6 +81,22 @@ impl PolicySet {
         Ok(self.entries.insert(key, entry).map(|e| e.object))
     }
 
+    /// Inserts an object already validated and lowered by [`validate::lower`].
+    pub(crate) fn apply_lowered(
+        &mut self,
+        source: &str,
+        object: PolicyObject,
+        lowered: Arc<ir::Policy>,
+    ) {
+        let key = object.key();
+        let entry = Entry {
+            source: source.to_owned(),
+            object,
+            lowered,
+        };
+        self.entries.insert(key, entry);
+    }
+
     /// Removes an object; returns it if it was present.
     pub fn remove(&mut self, key: &ObjectKey) -> Option<PolicyObject> {
         self.entries.remove(key).map(|e| e.object)

@@ -10,7 +10,8 @@ use std::net::IpAddr;
 use bulkhead_policy::model::{NamedPort, Namespace, Workload};
 use bulkhead_policy::spec::{self, SpecDecision};
 use bulkhead_policy::{
-    AllocationTable, Compiler, Endpoint, Flow, Inventory, PolicySet, Protocol, evaluate, load,
+    AllocationTable, Compiler, Endpoint, Flow, Incremental, Inventory, PolicySet, Protocol,
+    StateDiff, evaluate, load,
 };
 use jiff::Timestamp;
 use proptest::prelude::*;
@@ -431,5 +432,211 @@ proptest! {
     #[test]
     fn compiled_evaluator_matches_spec(seed in any::<u64>()) {
         check(seed)?;
+    }
+}
+
+/// One random change for [`incremental_check`]: a policy applied (new or replacing one by
+/// name), a policy removed, a workload relabelled, added, changed or removed, a namespace
+/// relabelled, a move in time, or an invalid policy (refused, nothing changes).
+fn random_change(
+    rng: &mut Rng,
+    inc: &mut Incremental,
+    serial: &mut usize,
+) -> Result<StateDiff, String> {
+    let inv = inc.inventory().clone();
+    let pick_workload = |rng: &mut Rng| {
+        (!inv.workloads.is_empty()).then(|| inv.workloads[rng.below(inv.workloads.len())].clone())
+    };
+    let labels = |rng: &mut Rng| {
+        let mut l = BTreeMap::from([("pod".to_string(), rng.pick(&PODS).to_string())]);
+        if rng.chance(50) {
+            l.insert("tier".to_string(), rng.pick(&["fe", "be"]).to_string());
+        }
+        l
+    };
+    let r = match rng.below(10) {
+        0 | 1 => {
+            let name = format!("p{}", rng.below(7));
+            let v = match rng.below(3) {
+                0 => netpol(rng, &name),
+                1 => crd(rng, &name, false),
+                _ => crd(rng, &name, true),
+            };
+            let text = serde_json::to_string(&v).unwrap();
+            let o = load::parse_documents("change.yaml", &text).map_err(|e| e.to_string())?;
+            inc.apply_policy("change.yaml", o.into_iter().next().unwrap())
+        }
+        2 => {
+            let keys: Vec<_> = inc.policies().objects().map(|(k, _)| k.clone()).collect();
+            if keys.is_empty() {
+                return Ok(StateDiff::default());
+            }
+            inc.remove_policy(&keys[rng.below(keys.len())])
+        }
+        3 | 4 => match pick_workload(rng) {
+            Some(w) => inc.set_workload_labels(&w.reference(), labels(rng)),
+            None => return Ok(StateDiff::default()),
+        },
+        5 => {
+            // A new workload (addresses outside every generated CIDR, or inside some).
+            *serial += 1;
+            let ns = rng.pick(&NAMESPACES);
+            let ip: IpAddr = if rng.chance(70) {
+                format!("fd01::{serial}").parse().unwrap()
+            } else {
+                format!("10.0.9.{serial}").parse().unwrap()
+            };
+            let w = Workload {
+                namespace: ns.into(),
+                name: format!("n{serial}"),
+                labels: labels(rng),
+                service_account: rng.pick(&["default", "robot"]).to_string(),
+                ips: vec![ip],
+                ports: if rng.chance(50) {
+                    vec![NamedPort {
+                        name: "serve-80-tcp".into(),
+                        port: 80,
+                        protocol: "TCP".into(),
+                    }]
+                } else {
+                    Vec::new()
+                },
+                cgroup: Some(format!("/sys/fs/cgroup/n{serial}")),
+            };
+            inc.upsert_workload("change.yaml", w)
+        }
+        6 => match pick_workload(rng) {
+            Some(mut w) => {
+                // Changed service account, ports or addresses.
+                match rng.below(3) {
+                    0 => w.service_account = rng.pick(&["default", "robot", "other"]).to_string(),
+                    1 => w.ports.truncate(rng.below(w.ports.len() + 1)),
+                    _ => {
+                        *serial += 1;
+                        w.ips = vec![format!("fd02::{serial}").parse().unwrap()];
+                    }
+                }
+                inc.upsert_workload("change.yaml", w)
+            }
+            None => return Ok(StateDiff::default()),
+        },
+        7 => match pick_workload(rng) {
+            Some(w) => inc.remove_workload(&w.reference()),
+            None => return Ok(StateDiff::default()),
+        },
+        8 => {
+            if rng.chance(50) {
+                let mut l = BTreeMap::new();
+                if rng.chance(70) {
+                    l.insert("team".to_string(), rng.pick(&["red", "blue"]).to_string());
+                }
+                inc.set_namespace_labels(rng.pick(&NAMESPACES), l)
+            } else {
+                inc.set_time(rng.pick(&TIMES).parse().unwrap())
+            }
+        }
+        _ => {
+            // Invalid: refused whole, nothing changes.
+            let before = inc.state().clone();
+            let bad = load::parse_documents(
+                "bad.yaml",
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p0, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{port: 90, endPort: 80}]}]}\n",
+            )
+            .unwrap();
+            let e = inc
+                .apply_policy("bad.yaml", bad.into_iter().next().unwrap())
+                .expect_err("invalid policy accepted");
+            assert!(
+                e.to_string()
+                    .contains("bad.yaml: NetworkPolicy x/p0: spec.ingress[0]"),
+                "{e}"
+            );
+            let taken = inc
+                .upsert_workload(
+                    "bad.yaml",
+                    Workload {
+                        namespace: "x".into(),
+                        name: "dup".into(),
+                        labels: BTreeMap::new(),
+                        service_account: "default".into(),
+                        ips: inv
+                            .workloads
+                            .first()
+                            .map(|w| w.ips.clone())
+                            .unwrap_or_default(),
+                        ports: Vec::new(),
+                        cgroup: None,
+                    },
+                )
+                .is_err();
+            assert!(taken || inv.workloads.is_empty());
+            assert!(*inc.state() == before, "a refused change altered the state");
+            return Ok(StateDiff::default());
+        }
+    };
+    r.map_err(|e| e.to_string())
+}
+
+/// Random sequences of changes applied incrementally equal a fresh compile of the final inputs
+/// (every map, and each returned diff equals the diff of the fresh states); the final state
+/// agrees with the reference evaluator.
+fn incremental_check(seed: u64) -> Result<(), TestCaseError> {
+    let mut rng = Rng(seed | 1);
+    let inv = inventory(&mut rng);
+    let text = policies(&mut rng);
+    let objects = load::parse_documents("gen.yaml", &text).unwrap();
+    let set =
+        PolicySet::from_objects(objects.into_iter().map(|o| ("gen.yaml".to_string(), o))).unwrap();
+    let at: Timestamp = rng.pick(&TIMES).parse().unwrap();
+    let mut inc = Incremental::new(Compiler::new(AllocationTable::new()), set, inv, at).unwrap();
+    let mut serial = 0;
+    for step in 0..12 {
+        let before = inc.state().clone();
+        let diff = random_change(&mut rng, &mut inc, &mut serial)
+            .map_err(|e| TestCaseError::fail(format!("seed {seed} step {step}: {e}")))?;
+        let fresh = Compiler::new(inc.table().clone())
+            .compile(inc.policies(), inc.inventory(), inc.at())
+            .unwrap();
+        prop_assert!(
+            fresh == *inc.state(),
+            "seed {} step {}: incremental state differs from a fresh compile",
+            seed,
+            step
+        );
+        prop_assert!(
+            diff == fresh.diff(&before),
+            "seed {} step {}: returned diff differs",
+            seed,
+            step
+        );
+    }
+    let (state, set, inv) = (inc.state(), inc.policies(), inc.inventory());
+    let eps = endpoints(inv);
+    for src in &eps {
+        for dst in &eps {
+            for protocol in [Protocol::Tcp, Protocol::Udp, Protocol::Other] {
+                for port in [80u16, 81] {
+                    let flow = Flow {
+                        src: src.clone(),
+                        dst: dst.clone(),
+                        protocol,
+                        port,
+                        at: inc.at(),
+                    };
+                    let got = SpecDecision::from(&evaluate(state, &flow));
+                    let want = spec::evaluate(set, inv, &flow);
+                    prop_assert_eq!(&got, &want, "seed {} flow {:?}", seed, flow);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases() / 2, ..ProptestConfig::default() })]
+    #[test]
+    fn incremental_changes_match_fresh_compile(seed in any::<u64>()) {
+        incremental_check(seed)?;
     }
 }

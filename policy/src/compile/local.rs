@@ -205,7 +205,8 @@ pub(super) fn compile_local(ctx: &Ctx<'_>, pols: &[usize], ls: usize, dir: Direc
                     .any(|p| matches!(p, Port::Named { .. }))
         });
     if named_any {
-        peers.extend(uni.ls_ids.iter().copied());
+        // Every live label-set identity (an incremental universe keeps retired label sets).
+        peers.extend(uni.ls_index.keys().copied());
         peers.extend(uni.composites.iter().map(|c| c.2));
     }
     peers.sort_unstable();

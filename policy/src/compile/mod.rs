@@ -10,6 +10,7 @@
 //! each distinct selector is evaluated once per compile over the distinct label sets.
 
 mod diff;
+mod incremental;
 mod local;
 mod ports;
 mod resolve;
@@ -41,6 +42,7 @@ use crate::validate::parse_protocol;
 use crate::{Error, PolicySet};
 
 pub use diff::{MapDiff, StateDiff};
+pub use incremental::Incremental;
 use local::{Ctx, compile_local, fingerprint};
 pub(crate) use resolve::nanos;
 use resolve::{CRule, Isolation};
@@ -143,6 +145,19 @@ struct SelectorCache {
     by_policy: HashMap<u64, (String, Vec<Option<String>>)>,
 }
 
+/// What a full compile derived from its inputs, beyond the state: the universe with its
+/// selector results, the lowered policies (by slot), per slot the cache keys of its subject and
+/// rule peer lists and the rules' selected peers, and per label set the slots of the policies
+/// whose subject selects it.
+pub(crate) struct Model {
+    pub uni: Universe,
+    pub lowered: Vec<Arc<ir::Policy>>,
+    pub keys: Vec<(String, Vec<Option<String>>)>,
+    pub peer_sets: Vec<Vec<Option<Arc<Vec<u32>>>>>,
+    pub by_local: Vec<Vec<usize>>,
+    pub by_policy: HashMap<u64, (String, Vec<Option<String>>)>,
+}
+
 /// A policy's subject label-set identities, and per rule its selected peers (None: any) and
 /// their hash.
 type PolicySelections = (Arc<Vec<u32>>, Vec<(Option<Arc<Vec<u32>>>, u64)>);
@@ -197,6 +212,25 @@ impl Compiler {
         inventory: &Inventory,
         at: Timestamp,
     ) -> Result<CompiledState, Error> {
+        let (state, mut model) = self.build(policies, inventory, at)?;
+        self.cache.selectors = SelectorCache {
+            signature: model.uni.signature,
+            ids: model.uni.ids(),
+            subjects: std::mem::take(&mut model.uni.subject_cache),
+            peers: std::mem::take(&mut model.uni.peer_cache),
+            by_policy: model.by_policy,
+        };
+        Ok(state)
+    }
+
+    /// The full compile: the state, and the model it was derived from (kept by
+    /// [`Incremental`] to apply later changes in place).
+    pub(crate) fn build(
+        &mut self,
+        policies: &PolicySet,
+        inventory: &Inventory,
+        at: Timestamp,
+    ) -> Result<(CompiledState, Model), Error> {
         let lowered: Vec<Arc<ir::Policy>> = policies.lowered().cloned().collect();
         let mut uni = Universe::build(
             &lowered,
@@ -371,15 +405,20 @@ impl Compiler {
             .collect();
         uni.subject_cache.retain(|k, _| used_subjects.contains(k));
         uni.peer_cache.retain(|k, _| used_peers.contains(k));
-        self.cache.selectors = SelectorCache {
-            signature: uni.signature,
-            ids: uni.ids(),
-            subjects: std::mem::take(&mut uni.subject_cache),
-            peers: std::mem::take(&mut uni.peer_cache),
-            by_policy,
-        };
         state.policy = self.cache.policy.clone();
         state.defaults = self.cache.defaults.clone();
-        Ok(state)
+        let keys = lowered
+            .iter()
+            .map(|p| by_policy.get(&p.fingerprint).cloned().unwrap_or_default())
+            .collect();
+        let model = Model {
+            uni,
+            lowered,
+            keys,
+            peer_sets,
+            by_local,
+            by_policy,
+        };
+        Ok((state, model))
     }
 }

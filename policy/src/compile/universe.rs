@@ -42,7 +42,7 @@ pub(crate) struct Universe {
     pub workloads: BTreeMap<WorkloadRef, (usize, Vec<IpAddr>, Option<String>)>,
     pub addresses: BTreeMap<AddrPrefix, u32>,
     /// Namespace name -> (labels, label sets of its workloads).
-    namespaces: BTreeMap<String, (BTreeMap<String, String>, Vec<usize>)>,
+    pub namespaces: BTreeMap<String, (BTreeMap<String, String>, Vec<usize>)>,
     /// Namespace label `(key, value)` -> namespaces carrying it (for `matchLabels` lookups).
     ns_by_label: HashMap<(String, String), Vec<String>>,
     /// Hash of the label sets, CIDRs, composites and their numbers: selector results can be
@@ -50,13 +50,17 @@ pub(crate) struct Universe {
     pub signature: u64,
     pub subject_cache: HashMap<String, SubjectEntry>,
     pub peer_cache: HashMap<String, PeerEntry>,
-    /// Label-set identity -> index in `label_sets`.
+    /// Label-set identity -> index in `label_sets` (live label sets only).
     pub ls_index: HashMap<u32, usize>,
+    /// Identity key of each label set.
+    pub ls_keys: Vec<Arc<str>>,
+    /// The policy CIDRs, for the most specific one containing an address.
+    pub cidr_index: CidrIndex,
 }
 
 /// Exact-match tables of the policy CIDRs per family and prefix length (longest first), for the
 /// most specific CIDR containing an address.
-struct CidrIndex {
+pub(crate) struct CidrIndex {
     v4: Vec<(u8, HashMap<u32, usize>)>,
     v6: Vec<(u8, HashMap<u128, usize>)>,
 }
@@ -86,7 +90,7 @@ impl CidrIndex {
     }
 
     /// Most specific CIDR (same family) containing `ip`.
-    fn most_specific(&self, ip: IpAddr) -> Option<usize> {
+    pub fn most_specific(&self, ip: IpAddr) -> Option<usize> {
         match ip {
             IpAddr::V4(a) => self.v4.iter().find_map(|(len, m)| {
                 let mask = if *len == 0 {
@@ -327,6 +331,8 @@ impl Universe {
             subject_cache: HashMap::new(),
             peer_cache: HashMap::new(),
             ls_index,
+            ls_keys: keys_of,
+            cidr_index: index,
         })
     }
 
@@ -428,7 +434,7 @@ impl Universe {
     }
 
     /// Whether a subject selects label set `ls`.
-    fn subject_selects(s: &ir::Subject, ls: &LabelSet) -> bool {
+    pub fn subject_selects(s: &ir::Subject, ls: &LabelSet) -> bool {
         s.namespace.as_ref().is_none_or(|n| *n == ls.namespace)
             && s.namespace_selector
                 .as_ref()
@@ -474,7 +480,7 @@ impl Universe {
 
     /// Whether a peer list selects peer identity `id` (a pure function of the identity's key,
     /// hence stable across compiles).
-    fn peers_select_id(&self, peers: &[ir::Peer], id: u32) -> bool {
+    pub fn peers_select_id(&self, peers: &[ir::Peer], id: u32) -> bool {
         match self.peer_kinds.get(&id) {
             Some(PeerKind::Workload(l)) => peers
                 .iter()
