@@ -4,6 +4,7 @@ pub mod agent;
 pub mod bench;
 pub mod bpf_query;
 pub mod cgroup;
+pub mod chart;
 pub mod conformance;
 pub mod netns;
 pub mod synth;

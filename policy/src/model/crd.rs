@@ -130,7 +130,7 @@ pub struct PortSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "!has(self.notBefore) || !has(self.expiresAt) || timestamp(self.expiresAt) > timestamp(self.notBefore)", "message": "expiresAt must be after notBefore"},
+    {"rule": "!has(self.notBefore) || !has(self.expiresAt) || self.expiresAt > self.notBefore", "message": "expiresAt must be after notBefore"},
 ]))]
 pub struct Rule {
     /// Optional name, shown in verdict logs.
