@@ -264,6 +264,45 @@ fn incremental(set: &PolicySet, inv: &Inventory, at: jiff::Timestamp, full: std:
             inc.remove_workload(&new_pod.reference()).unwrap()
         }
     });
+    // A cluster policy whose subject is every workload (10,000 identities), with a workload
+    // peer (ns-0's app-4 pods): applying or removing it resolves every identity's egress again,
+    // and a pod relabelled into its peer set adds an entry to every identity.
+    let dns = load::parse_documents(
+        "dns.yaml",
+        "apiVersion: bulkhead.dev/v1alpha1\nkind: ClusterSegmentationPolicy\nmetadata: {name: allow-dns}\n\
+         spec: {priority: 20, subject: {namespaceSelector: {}}, egress: [{action: Allow, \
+         to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: ns-0}}, \
+         podSelector: {matchLabels: {app: app-4}}}], ports: [{protocol: UDP, port: 53}]}]}\n",
+    )
+    .unwrap()
+    .remove(0);
+    let dns_key = dns.key();
+    measure(
+        "cluster policy over every workload applied / removed",
+        &mut inc,
+        |inc, add| {
+            if add {
+                inc.apply_policy("dns.yaml", dns.clone()).unwrap()
+            } else {
+                inc.remove_policy(&dns_key).unwrap()
+            }
+        },
+    );
+    inc.apply_policy("dns.yaml", dns.clone()).unwrap();
+    let dns_pod = WorkloadRef::new("ns-0", "w-3");
+    let dns_original = inv.workload(&dns_pod).unwrap().labels.clone();
+    measure(
+        "pod relabel into the peer set of that cluster policy (new identity)",
+        &mut inc,
+        |inc, there| {
+            let labels = if there {
+                BTreeMap::from([("app".to_string(), "app-4".to_string())])
+            } else {
+                dns_original.clone()
+            };
+            inc.set_workload_labels(&dns_pod, labels).unwrap()
+        },
+    );
     let fresh = Compiler::new(inc.table().clone())
         .compile(inc.policies(), inc.inventory(), at)
         .unwrap();

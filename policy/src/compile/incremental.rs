@@ -41,6 +41,9 @@ pub struct Incremental {
     full_compiles: usize,
 }
 
+/// `(label set, peer identity)`: only the entries of that peer need resolving again.
+type Partial = BTreeSet<(usize, u32)>;
+
 /// The model of the held state plus the reverse indices the changes need.
 struct Live {
     m: Model,
@@ -215,7 +218,7 @@ impl Live {
 
     /// Label set `ls` gained its first workload: it becomes a peer and a local identity. Adds
     /// the label sets whose local inputs changed to `affected`.
-    fn born(&mut self, ls: usize, affected: &mut BTreeSet<usize>) {
+    fn born(&mut self, ls: usize, affected: &mut BTreeSet<usize>, partial: &mut Partial) {
         let uni = &mut self.m.uni;
         let id = uni.ls_ids[ls];
         uni.ls_index.insert(id, ls);
@@ -250,12 +253,12 @@ impl Live {
                 (k.clone(), v)
             })
             .collect();
-        self.peer_changes(changed, affected);
+        self.peer_changes(changed, id, partial);
     }
 
     /// Label set `ls` lost its last workload: it is no identity any more. Adds the label sets
     /// whose local inputs changed to `affected`.
-    fn retired(&mut self, ls: usize, affected: &mut BTreeSet<usize>) {
+    fn retired(&mut self, ls: usize, affected: &mut BTreeSet<usize>, partial: &mut Partial) {
         let uni = &mut self.m.uni;
         let id = uni.ls_ids[ls];
         uni.ls_index.remove(&id);
@@ -281,10 +284,12 @@ impl Live {
                 Some((k.clone(), v))
             })
             .collect();
-        self.peer_changes(changed, affected);
+        self.peer_changes(changed, id, partial);
     }
 
-    fn peer_changes(&mut self, changed: Vec<(String, Vec<u32>)>, affected: &mut BTreeSet<usize>) {
+    /// Peer lists gained or lost identity `id`: the subjects of the policies using them get
+    /// the entries of that one peer resolved again.
+    fn peer_changes(&mut self, changed: Vec<(String, Vec<u32>)>, id: u32, partial: &mut Partial) {
         let mut users = BTreeSet::new();
         for (k, v) in changed {
             users.extend(self.peer_users.get(&k).into_iter().flatten().copied());
@@ -292,7 +297,47 @@ impl Live {
         }
         // Egress rules with a named port and no peer list name every workload identity.
         users.extend(self.named_any.iter().copied());
-        self.subjects_of(&users, affected);
+        let mut locals = BTreeSet::new();
+        self.subjects_of(&users, &mut locals);
+        partial.extend(locals.into_iter().map(|ls| (ls, id)));
+    }
+}
+
+/// The first policy key of `(local, peer)`.
+fn bound(local: u32, peer: u32) -> PolicyEntryKey {
+    PolicyEntryKey {
+        key: PolicyKey {
+            local_identity: local,
+            peer_identity: peer,
+            direction: 0,
+            protocol: 0,
+            port_be: [0; 2],
+        },
+        prefix_len: 0,
+    }
+}
+
+/// Makes the keys of `map` in `range` equal `entries` (all inside `range`), recording the
+/// changes in `diff`.
+fn patch(
+    map: &mut BTreeMap<PolicyEntryKey, PolicyValue>,
+    range: std::ops::Range<PolicyEntryKey>,
+    entries: BTreeMap<PolicyEntryKey, PolicyValue>,
+    diff: &mut StateDiff,
+) {
+    let stale: Vec<PolicyEntryKey> = map
+        .range(range)
+        .filter(|(k, _)| !entries.contains_key(k))
+        .map(|(k, _)| *k)
+        .collect();
+    for k in stale {
+        map.remove(&k);
+        diff.policy.removals.push(k);
+    }
+    for (k, v) in entries {
+        if map.insert(k, v) != Some(v) {
+            diff.policy.upserts.push((k, v));
+        }
     }
 }
 
@@ -438,7 +483,7 @@ impl Incremental {
         };
         self.link(slot, lowered, &mut affected);
         self.finish_policy_change();
-        Ok(self.recompute(affected, StateDiff::default()))
+        Ok(self.recompute(affected, Partial::new(), StateDiff::default()))
     }
 
     /// Removes a policy object; a key that is not present changes nothing.
@@ -457,7 +502,7 @@ impl Incremental {
         self.live.slot_of.remove(key);
         self.live.free_slots.push(slot);
         self.finish_policy_change();
-        Ok(self.recompute(affected, StateDiff::default()))
+        Ok(self.recompute(affected, Partial::new(), StateDiff::default()))
     }
 
     /// Whether replacing the policy in `old` by `new` keeps the set of policy CIDRs.
@@ -798,18 +843,19 @@ impl Incremental {
         }
         // Identities that appear or disappear.
         let mut affected = BTreeSet::new();
+        let mut partial = Partial::new();
         if old_ls != new_ls {
             if let Some(ls) = old_ls {
                 live.members[ls] -= 1;
                 if live.members[ls] == 0 {
-                    live.retired(ls, &mut affected);
+                    live.retired(ls, &mut affected, &mut partial);
                     self.state.identities.remove(&live.m.uni.ls_ids[ls]);
                 }
             }
             if let Some(ls) = new_ls {
                 live.members[ls] += 1;
                 if live.members[ls] == 1 {
-                    live.born(ls, &mut affected);
+                    live.born(ls, &mut affected, &mut partial);
                     self.state.identities.insert(
                         live.m.uni.ls_ids[ls],
                         IdentityInfo::Workload((*live.m.uni.label_sets[ls]).clone()),
@@ -831,12 +877,18 @@ impl Incremental {
             (None, Some(w)) => self.inventory.workloads.push(w),
             (None, None) => {}
         }
-        Ok(self.recompute(affected, diff))
+        Ok(self.recompute(affected, partial, diff))
     }
 
-    /// Resolves the local identities of label sets `affected` again and patches the held maps;
-    /// returns `diff` with the changes added, every list sorted by key.
-    fn recompute(&mut self, affected: BTreeSet<usize>, mut diff: StateDiff) -> StateDiff {
+    /// Resolves the local identities of label sets `affected` again, and for `(label set,
+    /// peer)` in `partial` (label set not in `affected`) the entries of that peer; patches the
+    /// held maps and returns `diff` with the changes added, every list sorted by key.
+    fn recompute(
+        &mut self,
+        affected: BTreeSet<usize>,
+        partial: Partial,
+        mut diff: StateDiff,
+    ) -> StateDiff {
         let m = &self.live.m;
         let ctx = Ctx {
             uni: &m.uni,
@@ -844,46 +896,24 @@ impl Incremental {
             peer_sets: &m.peer_sets,
             at: self.at,
         };
-        for ls in affected {
+        for &ls in &affected {
             let id = m.uni.ls_ids[ls];
             let alive = self.live.members[ls] > 0;
             let mut entries: BTreeMap<PolicyEntryKey, PolicyValue> = BTreeMap::new();
             let mut defaults: BTreeMap<DefaultKey, PolicyValue> = BTreeMap::new();
             if alive {
                 for dir in [Direction::Ingress, Direction::Egress] {
-                    let out = compile_local(&ctx, &m.by_local[ls], ls, dir);
+                    let out = compile_local(&ctx, &m.by_local[ls], ls, dir, None);
                     entries.extend(out.entries);
                     defaults.extend(out.default);
                 }
             }
-            let bound = |local: u32| PolicyEntryKey {
-                key: PolicyKey {
-                    local_identity: local,
-                    peer_identity: 0,
-                    direction: 0,
-                    protocol: 0,
-                    port_be: [0; 2],
-                },
-                prefix_len: 0,
-            };
-            let old: Vec<PolicyEntryKey> = self
-                .state
-                .policy
-                .range(bound(id)..bound(id + 1))
-                .filter(|(k, v)| entries.get(k) != Some(v))
-                .map(|(k, _)| *k)
-                .collect();
-            for k in old {
-                if !entries.contains_key(&k) {
-                    self.state.policy.remove(&k);
-                    diff.policy.removals.push(k);
-                }
-            }
-            for (k, v) in entries {
-                if self.state.policy.insert(k, v) != Some(v) {
-                    diff.policy.upserts.push((k, v));
-                }
-            }
+            patch(
+                &mut self.state.policy,
+                bound(id, 0)..bound(id + 1, 0),
+                entries,
+                &mut diff,
+            );
             for dir in [Direction::Ingress, Direction::Egress] {
                 let k = DefaultKey {
                     local_identity: id,
@@ -903,6 +933,19 @@ impl Incremental {
                     }
                 }
             }
+        }
+        for (ls, peer) in partial {
+            if affected.contains(&ls) || self.live.members[ls] == 0 {
+                continue;
+            }
+            let id = m.uni.ls_ids[ls];
+            let mut entries: BTreeMap<PolicyEntryKey, PolicyValue> = BTreeMap::new();
+            for dir in [Direction::Ingress, Direction::Egress] {
+                let out = compile_local(&ctx, &m.by_local[ls], ls, dir, Some(peer));
+                entries.extend(out.entries);
+            }
+            let range = bound(id, peer)..bound(id, peer + 1);
+            patch(&mut self.state.policy, range, entries, &mut diff);
         }
         diff.policy.upserts.sort_unstable_by_key(|x| x.0);
         diff.policy.removals.sort_unstable();

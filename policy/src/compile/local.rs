@@ -119,7 +119,16 @@ pub(super) struct Ctx<'a> {
     pub at: Timestamp,
 }
 
-pub(super) fn compile_local(ctx: &Ctx<'_>, pols: &[usize], ls: usize, dir: Direction) -> LocalOut {
+/// The entries and default of `(ls, dir)`. With `only_peer`, just the entries of that specific
+/// peer (no default, no wildcard entries): what changes for a local whose rules' peer lists
+/// gained or lost that one identity and whose other inputs are unchanged.
+pub(super) fn compile_local(
+    ctx: &Ctx<'_>,
+    pols: &[usize],
+    ls: usize,
+    dir: Direction,
+    only_peer: Option<u32>,
+) -> LocalOut {
     let (uni, policies, at) = (ctx.uni, ctx.policies, ctx.at);
     let mut out = LocalOut::default();
     let local = uni.ls_ids[ls];
@@ -160,7 +169,7 @@ pub(super) fn compile_local(ctx: &Ctx<'_>, pols: &[usize], ls: usize, dir: Direc
     };
     let raw_dir = dir.to_raw();
     let default = resolve::default_value(iso);
-    if default != resolve::not_isolated() {
+    if default != resolve::not_isolated() && only_peer.is_none() {
         out.default = Some((
             DefaultKey {
                 local_identity: local,
@@ -186,15 +195,12 @@ pub(super) fn compile_local(ctx: &Ctx<'_>, pols: &[usize], ls: usize, dir: Direc
     let mut any_segs: Vec<Segments> = Vec::new();
     for proto in PROTOCOLS {
         let segs = segments(&any_rules, proto, any_dst, iso, at);
-        emit(&mut out, local, ANY, raw_dir, proto, &diff(&segs, &full));
+        if only_peer.is_none() {
+            emit(&mut out, local, ANY, raw_dir, proto, &diff(&segs, &full));
+        }
         any_segs.push(segs);
     }
     // Specific peers.
-    let mut peers: Vec<u32> = rules
-        .iter()
-        .filter_map(|r| r.peers.as_ref())
-        .flat_map(|p| p.iter().copied())
-        .collect();
     let named_any = dir == Direction::Egress
         && rules.iter().any(|r| {
             r.peers.is_none()
@@ -204,13 +210,18 @@ pub(super) fn compile_local(ctx: &Ctx<'_>, pols: &[usize], ls: usize, dir: Direc
                     .flatten()
                     .any(|p| matches!(p, Port::Named { .. }))
         });
-    if named_any {
-        // Every live label-set identity (an incremental universe keeps retired label sets).
-        peers.extend(uni.ls_index.keys().copied());
-        peers.extend(uni.composites.iter().map(|c| c.2));
-    }
-    peers.sort_unstable();
-    peers.dedup();
+    let peers = match only_peer {
+        Some(p) => {
+            let named = rules.iter().any(|r| {
+                r.peers
+                    .as_ref()
+                    .is_some_and(|ps| ps.binary_search(&p).is_ok())
+            }) || (named_any
+                && (uni.ls_index.contains_key(&p) || uni.composites.iter().any(|c| c.2 == p)));
+            if named { vec![p] } else { Vec::new() }
+        }
+        None => all_peers(uni, &rules, named_any),
+    };
     let mut cache: HashMap<(Vec<usize>, Option<usize>), Vec<Segments>> = HashMap::new();
     for peer in peers {
         let matching: Vec<usize> = (0..rules.len())
@@ -246,6 +257,24 @@ pub(super) fn compile_local(ctx: &Ctx<'_>, pols: &[usize], ls: usize, dir: Direc
         }
     }
     out
+}
+
+/// Every specific peer some rule of a local names (all workload identities too when an egress
+/// rule has a named port and no peer list), sorted.
+fn all_peers(uni: &Universe, rules: &[CRule<'_>], named_any: bool) -> Vec<u32> {
+    let mut peers: Vec<u32> = rules
+        .iter()
+        .filter_map(|r| r.peers.as_ref())
+        .flat_map(|p| p.iter().copied())
+        .collect();
+    if named_any {
+        // Every live label-set identity (an incremental universe keeps retired label sets).
+        peers.extend(uni.ls_index.keys().copied());
+        peers.extend(uni.composites.iter().map(|c| c.2));
+    }
+    peers.sort_unstable();
+    peers.dedup();
+    peers
 }
 
 /// Fingerprint of every input the entries of `(ls, dir)` depend on.

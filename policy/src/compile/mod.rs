@@ -377,7 +377,7 @@ impl Compiler {
                 {
                     continue;
                 }
-                let out = compile_local(&ctx, pols, ls, dir);
+                let out = compile_local(&ctx, pols, ls, dir, None);
                 if let Some((_, old)) = self.cache.locals.remove(&key) {
                     self.cache.remove(&old);
                 }
