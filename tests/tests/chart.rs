@@ -705,12 +705,7 @@ fn chart_renders_with_service_monitor_and_cert_manager() {
 
 #[test]
 fn chart_renders_dev_mode_and_the_bpffs_init_container() {
-    let objects = render(&[
-        "tls.enabled=false",
-        "enforcer.mountBpffs.enabled=true",
-        "enforcer.perfmon=false",
-    ])
-    .unwrap();
+    let objects = render(&["tls.enabled=false", "enforcer.mountBpffs.enabled=true"]).unwrap();
     check_rendering(&objects);
     assert!(
         !objects
@@ -727,7 +722,7 @@ fn chart_renders_dev_mode_and_the_bpffs_init_container() {
     );
     assert_eq!(
         enforcer["securityContext"]["capabilities"]["add"],
-        json!(["BPF", "NET_ADMIN"])
+        json!(["BPF", "NET_ADMIN", "PERFMON"])
     );
     let init = &pod["initContainers"][0];
     assert_eq!(init["securityContext"]["privileged"], true);
