@@ -1,11 +1,13 @@
 //! The hub: current state, per-node views and histories, acknowledgements.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bulkhead_policy::{AddrPrefix, CompiledState, MapDiff, PolicyEntryKey, RuleRef};
+use bulkhead_policy::{
+    AddrPrefix, CompiledState, CompiledWorkload, MapDiff, PolicyEntryKey, RuleRef, WorkloadRef,
+};
 use bulkhead_proto::{Delta, NodeView, PodRef, SharedDiff, Snapshot};
 use enforcer_common::{DefaultKey, PolicyKey, PolicyValue};
 use tokio::sync::watch;
@@ -29,14 +31,19 @@ pub(super) struct Hub {
     defaults: BTreeMap<DefaultKey, PolicyValue>,
     addresses: BTreeMap<AddrPrefix, u32>,
     rules: BTreeMap<u32, RuleRef>,
+    workloads: BTreeMap<WorkloadRef, CompiledWorkload>,
     pub(super) nodes: BTreeMap<String, Node>,
     pub(super) acked: BTreeMap<String, u64>,
     pub(super) rejected: BTreeMap<String, (u64, String)>,
+    /// Node -> number of open sync streams.
+    pub(super) connected: BTreeMap<String, usize>,
 }
 
 pub(super) struct Node {
     /// The revision at which the node's view last changed (0: none yet).
     pub(super) revision: u64,
+    /// The node's part of the last assignment.
+    placed: BTreeMap<WorkloadRef, String>,
     pods: BTreeMap<PodRef, u32>,
     /// Identity -> number of the node's pods with it.
     identities: BTreeMap<u32, usize>,
@@ -49,6 +56,7 @@ impl Node {
     fn new(revision: u64) -> Self {
         Node {
             revision,
+            placed: BTreeMap::new(),
             pods: BTreeMap::new(),
             identities: BTreeMap::new(),
             history: VecDeque::new(),
@@ -189,6 +197,51 @@ fn group_by_identity(
     by
 }
 
+/// The maps an update replaced (dropped off the publishing path).
+struct Old {
+    _policy: BTreeMap<PolicyEntryKey, PolicyValue>,
+    _defaults: BTreeMap<DefaultKey, PolicyValue>,
+    _addresses: BTreeMap<AddrPrefix, u32>,
+    _rules: BTreeMap<u32, RuleRef>,
+    _workloads: BTreeMap<WorkloadRef, CompiledWorkload>,
+}
+
+/// Workloads whose identity differs between `old` and `new` (or that are in only one).
+fn relabeled<'a>(
+    old: &'a BTreeMap<WorkloadRef, CompiledWorkload>,
+    new: &'a BTreeMap<WorkloadRef, CompiledWorkload>,
+) -> HashSet<&'a WorkloadRef> {
+    let mut out = HashSet::new();
+    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        let (key, advance_old, advance_new) = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some((k, _)), None) => (*k, true, false),
+            (None, Some((k, _))) => (*k, false, true),
+            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                std::cmp::Ordering::Less => (*ka, true, false),
+                std::cmp::Ordering::Greater => (*kb, false, true),
+                std::cmp::Ordering::Equal => {
+                    if va.identity != vb.identity {
+                        out.insert(*kb);
+                    }
+                    a.next();
+                    b.next();
+                    continue;
+                }
+            },
+        };
+        out.insert(key);
+        if advance_old {
+            a.next();
+        }
+        if advance_new {
+            b.next();
+        }
+    }
+    out
+}
+
 fn new_epoch() -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -215,9 +268,11 @@ impl SyncHub {
                 defaults: BTreeMap::new(),
                 addresses: BTreeMap::new(),
                 rules: BTreeMap::new(),
+                workloads: BTreeMap::new(),
                 nodes: BTreeMap::new(),
                 acked: BTreeMap::new(),
                 rejected: BTreeMap::new(),
+                connected: BTreeMap::new(),
             })),
         }
     }
@@ -258,6 +313,11 @@ impl SyncHub {
         self.lock().rejected.clone()
     }
 
+    /// Nodes with an open sync stream, and how many each has.
+    pub fn connected(&self) -> BTreeMap<String, usize> {
+        self.lock().connected.clone()
+    }
+
     /// The view of `node` now (its revision and contents).
     pub fn view(&self, node: &str) -> Option<Snapshot> {
         let hub = self.lock();
@@ -268,13 +328,16 @@ impl SyncHub {
     /// node whose view changed. Returns the revision (unchanged when no view changed).
     /// Workloads of `state` that `assignment` places nowhere are on no node yet; placed workloads
     /// missing from `state` are ignored.
-    pub fn update(&self, state: &CompiledState, assignment: &NodeAssignment) -> u64 {
-        self.lock().update(state, assignment)
+    pub fn update(&self, state: CompiledState, assignment: &NodeAssignment) -> u64 {
+        let (revision, old) = self.lock().update(state, assignment);
+        // The previous maps are large: free them off the publishing path.
+        std::thread::spawn(move || drop(old));
+        revision
     }
 }
 
 impl Hub {
-    fn update(&mut self, state: &CompiledState, assignment: &NodeAssignment) -> u64 {
+    fn update(&mut self, state: CompiledState, assignment: &NodeAssignment) -> (u64, Old) {
         let revision = self.revision + 1;
         let shared = Arc::new(SharedDiff {
             addresses: merge_diff(&self.addresses, &state.addresses),
@@ -285,47 +348,61 @@ impl Hub {
             merge_diff(&self.policy, &state.policy),
             merge_diff(&self.defaults, &state.defaults),
         );
-        let empty = BTreeMap::new();
-        let names: BTreeSet<&String> = self.nodes.keys().chain(assignment.keys()).collect();
-        let names: Vec<String> = names.into_iter().cloned().collect();
-        let mut changed = false;
-        for name in names {
-            let placed = assignment.get(&name).unwrap_or(&empty);
-            let pods: BTreeMap<PodRef, u32> = placed
-                .iter()
-                .filter_map(|(w, uid)| {
-                    let compiled = state.workloads.get(w)?;
-                    let pod = PodRef {
-                        namespace: w.namespace.clone(),
-                        name: w.name.clone(),
-                        uid: uid.clone(),
-                    };
-                    Some((pod, compiled.identity))
-                })
-                .collect();
-            let node = self.nodes.entry(name).or_insert_with(|| Node::new(0));
-            let mut identities: BTreeMap<u32, usize> = BTreeMap::new();
-            for id in pods.values() {
-                *identities.entry(*id).or_default() += 1;
+        // Workloads whose identity changed (or that appeared or went): their nodes' pods change.
+        let relabeled = relabeled(&self.workloads, &state.workloads);
+        for name in assignment.keys() {
+            if !self.nodes.contains_key(name) {
+                self.nodes.insert(name.clone(), Node::new(0));
             }
+        }
+        let empty = BTreeMap::new();
+        let mut changed = false;
+        for (name, node) in &mut self.nodes {
+            let placed = assignment.get(name).unwrap_or(&empty);
+            let same_pods = node.placed == *placed
+                && (relabeled.is_empty() || !placed.keys().any(|w| relabeled.contains(w)));
             let mut delta = Delta {
                 epoch: self.epoch,
                 revision,
                 previous_revision: node.revision,
                 policy: MapDiff::default(),
                 defaults: MapDiff::default(),
-                workloads: merge_diff(&node.pods, &pods),
+                workloads: MapDiff::default(),
                 shared: shared.clone(),
             };
+            let mut identities = None;
+            if !same_pods {
+                let pods: BTreeMap<PodRef, u32> = placed
+                    .iter()
+                    .filter_map(|(w, uid)| {
+                        let compiled = state.workloads.get(w)?;
+                        let pod = PodRef {
+                            namespace: w.namespace.clone(),
+                            name: w.name.clone(),
+                            uid: uid.clone(),
+                        };
+                        Some((pod, compiled.identity))
+                    })
+                    .collect();
+                let mut ids: BTreeMap<u32, usize> = BTreeMap::new();
+                for id in pods.values() {
+                    *ids.entry(*id).or_default() += 1;
+                }
+                delta.workloads = merge_diff(&node.pods, &pods);
+                node.pods = pods;
+                node.placed = placed.clone();
+                identities = Some(ids);
+            }
+            let new_ids = identities.as_ref().unwrap_or(&node.identities);
             for id in node.identities.keys() {
-                if !identities.contains_key(id) {
+                if !new_ids.contains_key(id) {
                     let p = policy_range(&self.policy, *id).map(|(k, _)| *k);
                     delta.policy.removals.extend(p);
                     let d = defaults_range(&self.defaults, *id).map(|(k, _)| *k);
                     delta.defaults.removals.extend(d);
                 }
             }
-            for id in identities.keys() {
+            for id in new_ids.keys() {
                 if node.identities.contains_key(id) {
                     if let Some(diff) = by_identity.get(id) {
                         delta.policy.upserts.extend_from_slice(&diff.policy.upserts);
@@ -349,8 +426,9 @@ impl Hub {
                     delta.defaults.upserts.extend(d);
                 }
             }
-            node.pods = pods;
-            node.identities = identities;
+            if let Some(ids) = identities {
+                node.identities = ids;
+            }
             let node_changed = !delta.policy.is_empty()
                 || !delta.defaults.is_empty()
                 || !delta.workloads.is_empty();
@@ -366,10 +444,14 @@ impl Hub {
             }
             node.revision = revision;
         }
-        self.policy.clone_from(&state.policy);
-        self.defaults.clone_from(&state.defaults);
-        self.addresses.clone_from(&state.addresses);
-        self.rules.clone_from(&state.rules);
+        drop(relabeled);
+        let old = Old {
+            _policy: std::mem::replace(&mut self.policy, state.policy),
+            _defaults: std::mem::replace(&mut self.defaults, state.defaults),
+            _addresses: std::mem::replace(&mut self.addresses, state.addresses),
+            _rules: std::mem::replace(&mut self.rules, state.rules),
+            _workloads: std::mem::replace(&mut self.workloads, state.workloads),
+        };
         if changed {
             self.revision = revision;
             for node in self.nodes.values() {
@@ -378,7 +460,7 @@ impl Hub {
                 }
             }
         }
-        self.revision
+        (self.revision, old)
     }
 
     pub(super) fn snapshot(&self, node: &Node) -> Snapshot {

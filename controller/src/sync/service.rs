@@ -91,6 +91,7 @@ impl PolicySync for SyncHub {
         let (tx, rx) = mpsc::channel(16);
         let hub = self.clone();
         tokio::spawn(async move {
+            let _connected = Connected::new(&hub, &node);
             if let Err(status) = Stream::new(hub, node.clone(), tx.clone())
                 .run(inbound, epoch, held)
                 .await
@@ -100,6 +101,34 @@ impl PolicySync for SyncHub {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Counts an open stream in [`SyncHub::connected`] while it lives.
+struct Connected {
+    hub: SyncHub,
+    node: String,
+}
+
+impl Connected {
+    fn new(hub: &SyncHub, node: &str) -> Self {
+        *hub.lock().connected.entry(node.to_owned()).or_default() += 1;
+        Connected {
+            hub: hub.clone(),
+            node: node.to_owned(),
+        }
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        let mut hub = self.hub.lock();
+        if let Some(n) = hub.connected.get_mut(&self.node) {
+            *n -= 1;
+            if *n == 0 {
+                hub.connected.remove(&self.node);
+            }
+        }
     }
 }
 

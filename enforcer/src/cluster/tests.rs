@@ -128,7 +128,7 @@ fn same(held: &Held, hub: &SyncHub, node: &str) {
 async fn snapshot_then_deltas_with_monotonic_revisions_and_acks_realize() {
     let mut c = Compiler::default();
     let hub = SyncHub::default();
-    hub.update(&compile(&mut c, 80), &nodes());
+    hub.update(compile(&mut c, 80), &nodes());
     let listener = listen("127.0.0.1:0").await;
     let addr = listener.local_addr().unwrap();
     let server = start_controller(&hub, listener, Security::DevPlaintext);
@@ -138,7 +138,7 @@ async fn snapshot_then_deltas_with_monotonic_revisions_and_acks_realize() {
     same(&held, &hub, "n1");
     let mut last = 1;
     for port in [81, 82, 83] {
-        let r = hub.update(&compile(&mut c, port), &nodes());
+        let r = hub.update(compile(&mut c, port), &nodes());
         let (how, held) = next(&mut rx).await;
         assert_eq!(how, Applied::Delta);
         assert!(held.revision > last);
@@ -151,6 +151,7 @@ async fn snapshot_then_deltas_with_monotonic_revisions_and_acks_realize() {
     })
     .await;
     assert_eq!(hub.desired()["n1"], last);
+    assert_eq!(hub.connected(), BTreeMap::from([("n1".to_owned(), 1)]));
     assert!(!hub.realized().contains_key("n2"), "n2 never connected");
     // The enforced state translates to maps: the pod's cgroup, times on the boot clock.
     struct Cg;
@@ -204,7 +205,7 @@ async fn reconnect_after(
     c: &mut Compiler,
     while_down: &[u16],
 ) -> Vec<(Applied, Held)> {
-    old.update(&compile(c, 80), &nodes());
+    old.update(compile(c, 80), &nodes());
     let (l_old, l_new) = (listen("127.0.0.1:0").await, listen("127.0.0.1:0").await);
     let (a_old, a_new) = (l_old.local_addr().unwrap(), l_new.local_addr().unwrap());
     let s_old = start_controller(old, l_old, Security::DevPlaintext);
@@ -217,8 +218,9 @@ async fn reconnect_after(
     until("the ack", || old.realized().get("n1") == Some(&1)).await;
     p.abort();
     let _ = p.await;
+    until("the stream to close", || old.connected().is_empty()).await;
     for port in while_down {
-        hub.update(&compile(c, *port), &nodes());
+        hub.update(compile(c, *port), &nodes());
     }
     let p = proxy(listen(&addr.to_string()).await, a_new);
     let mut got = vec![];
@@ -266,7 +268,7 @@ async fn a_revision_of_another_controller_epoch_gets_a_snapshot() {
     let new = SyncHub::default();
     // The new controller reaches revision 1 too: same number, other epoch, other content.
     let mut c2 = Compiler::default();
-    new.update(&compile(&mut c2, 99), &nodes());
+    new.update(compile(&mut c2, 99), &nodes());
     let got = reconnect_after(&old, &new, &mut c, &[]).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].0, Applied::Snapshot);
@@ -310,10 +312,10 @@ impl PolicySync for Scripted {
 async fn bad_controller_messages_are_nacked_and_nothing_is_applied() {
     let mut c = Compiler::default();
     let hub = SyncHub::default();
-    hub.update(&compile(&mut c, 80), &nodes());
+    hub.update(compile(&mut c, 80), &nodes());
     let epoch = hub.epoch();
     let snap = wire::Snapshot::from(&hub.view("n1").unwrap());
-    hub.update(&compile(&mut c, 81), &nodes());
+    hub.update(compile(&mut c, 81), &nodes());
     let good = hub.view("n1").unwrap();
     // A delta 1 -> 2 built from the hub's state, then broken in three ways.
     let mut held = Held::default();
@@ -437,7 +439,7 @@ async fn raw_stream(
 async fn bad_enforcer_messages_are_rejected_and_nothing_is_realized() {
     let mut c = Compiler::default();
     let hub = SyncHub::default();
-    hub.update(&compile(&mut c, 80), &nodes());
+    hub.update(compile(&mut c, 80), &nodes());
     let listener = listen("127.0.0.1:0").await;
     let addr = listener.local_addr().unwrap();
     let server = start_controller(&hub, listener, Security::DevPlaintext);
@@ -580,7 +582,7 @@ async fn mtls_succeeds_with_the_right_ca_and_fails_with_a_wrong_one() {
     let (_pki, server_files, client_files, other_files) = pki();
     let mut c = Compiler::default();
     let hub = SyncHub::default();
-    hub.update(&compile(&mut c, 80), &nodes());
+    hub.update(compile(&mut c, 80), &nodes());
     let listener = listen("127.0.0.1:0").await;
     let addr = listener.local_addr().unwrap();
     let server = start_controller(&hub, listener, Security::Tls(server_files));
