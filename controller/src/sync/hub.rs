@@ -308,7 +308,8 @@ impl SyncHub {
         self.lock().acked.clone()
     }
 
-    /// Node -> the last revision its enforcer rejected, and why.
+    /// Node -> the last revision its enforcer rejected, and why (until it acknowledges a later
+    /// one).
     pub fn rejected(&self) -> BTreeMap<String, (u64, String)> {
         self.lock().rejected.clone()
     }

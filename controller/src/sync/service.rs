@@ -212,6 +212,13 @@ impl Stream {
                 let mut hub = self.hub.lock();
                 let acked = hub.acked.entry(self.node.clone()).or_default();
                 *acked = (*acked).max(revision);
+                if hub
+                    .rejected
+                    .get(&self.node)
+                    .is_some_and(|(r, _)| *r < revision)
+                {
+                    hub.rejected.remove(&self.node);
+                }
                 Ok(())
             }
             EnforcerMsg::Nack { revision, error } => {
@@ -220,8 +227,9 @@ impl Stream {
                     .lock()
                     .rejected
                     .insert(self.node.clone(), (revision, error));
-                if revision == self.snapshot {
-                    // The enforcer rejected a whole view; the next revision brings a new one.
+                if revision <= self.snapshot {
+                    // A rejected snapshot waits for the next revision; a rejected message sent
+                    // before the last snapshot is superseded by it.
                     return Ok(());
                 }
                 let catchup = {

@@ -481,6 +481,69 @@ async fn bad_enforcer_messages_are_rejected_and_nothing_is_realized() {
     server.abort();
 }
 
+#[tokio::test]
+async fn a_nacked_delta_gets_a_snapshot_and_the_rejection_is_visible_until_a_later_ack() {
+    let mut c = Compiler::default();
+    let hub = SyncHub::default();
+    hub.update(compile(&mut c, 80), &nodes());
+    let listener = listen("127.0.0.1:0").await;
+    let addr = listener.local_addr().unwrap();
+    let server = start_controller(&hub, listener, Security::DevPlaintext);
+    let mut client = connect(&dev_config(addr)).await.unwrap();
+    let (tx, rx) = mpsc::channel(16);
+    let send = |m: EnforcerMsg| {
+        let tx = tx.clone();
+        async move { tx.send(EnforcerMessage::from(&m)).await.unwrap() }
+    };
+    send(EnforcerMsg::Hello {
+        node_name: "n1".into(),
+        held_epoch: 0,
+        held_revision: 0,
+    })
+    .await;
+    let mut s = client
+        .sync(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let revision = |m: ControllerMessage| match m.msg {
+        Some(Msg::Snapshot(s)) => ("snapshot", s.revision),
+        Some(Msg::Delta(d)) => ("delta", d.revision),
+        None => ("none", 0),
+    };
+    assert_eq!(
+        revision(s.message().await.unwrap().unwrap()),
+        ("snapshot", 1)
+    );
+    send(EnforcerMsg::Ack { revision: 1 }).await;
+    hub.update(compile(&mut c, 81), &nodes());
+    assert_eq!(revision(s.message().await.unwrap().unwrap()), ("delta", 2));
+    send(EnforcerMsg::Nack {
+        revision: 2,
+        error: "map full".into(),
+    })
+    .await;
+    assert_eq!(
+        revision(s.message().await.unwrap().unwrap()),
+        ("snapshot", 2)
+    );
+    until("the rejection", || !hub.rejected().is_empty()).await;
+    assert_eq!(hub.rejected()["n1"], (2, "map full".to_owned()));
+    assert_eq!(hub.realized()["n1"], 1);
+    // The snapshot is rejected too: no snapshot loop; the next revision is a delta from it.
+    send(EnforcerMsg::Nack {
+        revision: 2,
+        error: "still full".into(),
+    })
+    .await;
+    hub.update(compile(&mut c, 82), &nodes());
+    assert_eq!(revision(s.message().await.unwrap().unwrap()), ("delta", 3));
+    send(EnforcerMsg::Ack { revision: 3 }).await;
+    until("realized 3", || hub.realized().get("n1") == Some(&3)).await;
+    assert!(hub.rejected().is_empty());
+    server.abort();
+}
+
 /// Test PKI in a temporary directory: a CA, a controller certificate for `controller.bulkhead`,
 /// an enforcer client certificate.
 struct Pki {
