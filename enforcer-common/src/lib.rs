@@ -204,6 +204,11 @@ pub struct FlowValue {
     /// Direction the flow was decided in (`DIR_*`).
     pub direction: u8,
     pub flags: u8,
+    /// TCP SYN entries: the initial sequence number of the attempt the entry recorded. A SYN
+    /// with the same sequence number is a retransmission of it; another one is a new attempt
+    /// from a reused client port. 0 for other entries.
+    pub syn_seq: u32,
+    pub _pad: [u8; 4],
 }
 
 /// `SockDecision::flags`: the entry holds a decision (a zeroed, freshly created entry does not).
@@ -221,7 +226,7 @@ const _: () = {
     assert!(core::mem::size_of::<SockDecision>() == 16);
     assert!(core::mem::size_of::<VerdictEvent>() == 96);
     assert!(core::mem::size_of::<FlowKey>() == 32);
-    assert!(core::mem::size_of::<FlowValue>() == 24);
+    assert!(core::mem::size_of::<FlowValue>() == 32);
 };
 
 #[cfg(feature = "user")]

@@ -18,6 +18,9 @@ pub struct Packet {
     pub dst_port: u16,
     /// A TCP SYN without ACK: the first packet of a connection.
     pub syn: bool,
+    /// TCP sequence number (0 for other protocols): a SYN's is the attempt's initial sequence
+    /// number, equal in its retransmissions.
+    pub seq: u32,
 }
 
 /// `::ffff:a.b.c.d` for an IPv4 address given in network byte order.
@@ -52,6 +55,7 @@ fn parse_v4(ctx: &SkBuffContext, first: u8) -> Result<Packet, i64> {
         src_port: 0,
         dst_port: 0,
         syn: false,
+        seq: 0,
     };
     if fragment_offset == 0 {
         transport(ctx, header_len, &mut pkt)?;
@@ -72,6 +76,7 @@ fn parse_v6(ctx: &SkBuffContext) -> Result<Packet, i64> {
         src_port: 0,
         dst_port: 0,
         syn: false,
+        seq: 0,
     };
     transport(ctx, 40, &mut pkt)?;
     Ok(pkt)
@@ -80,16 +85,20 @@ fn parse_v6(ctx: &SkBuffContext) -> Result<Packet, i64> {
 #[inline(always)]
 fn transport(ctx: &SkBuffContext, offset: usize, pkt: &mut Packet) -> Result<(), i64> {
     match pkt.protocol {
-        PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
+        PROTO_TCP => {
+            // Ports, sequence number, acknowledgment number, data offset, flags.
+            let hdr: [u8; 14] = ctx.load(offset)?;
+            pkt.src_port = u16::from_be_bytes([hdr[0], hdr[1]]);
+            pkt.dst_port = u16::from_be_bytes([hdr[2], hdr[3]]);
+            pkt.seq = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
+            pkt.syn = hdr[13] & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+        }
+        PROTO_UDP | PROTO_SCTP => {
             let ports: [u8; 4] = ctx.load(offset)?;
             pkt.src_port = u16::from_be_bytes([ports[0], ports[1]]);
             pkt.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
         }
-        _ => return Ok(()),
-    }
-    if pkt.protocol == PROTO_TCP {
-        let flags: u8 = ctx.load(offset + 13)?;
-        pkt.syn = flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+        _ => {}
     }
     Ok(())
 }

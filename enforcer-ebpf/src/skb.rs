@@ -41,7 +41,8 @@ use crate::{
 
 /// `TCP_LISTEN` in the kernel's socket states.
 const TCP_LISTEN: u32 = 10;
-/// A SYN for a flow already decided within this window is a retransmission of the same attempt.
+/// A SYN with the recorded initial sequence number of a flow decided within this window is a
+/// retransmission of the same attempt.
 const SYN_RETRANSMIT_WINDOW_NS: u64 = 30_000_000_000;
 
 /// One packet seen from the local socket.
@@ -169,6 +170,7 @@ fn syn(view: &View, pkt: &Packet, sk: *mut bpf_sock) -> bool {
     let known = unsafe { FLOWS.get(key) }.copied();
     if let Some(f) = known
         && f.revision == view.revision
+        && f.syn_seq == pkt.seq
         && now.wrapping_sub(f.seen_ns) < SYN_RETRANSMIT_WINDOW_NS
     {
         return f.verdict != VERDICT_DENY;
@@ -180,7 +182,7 @@ fn syn(view: &View, pkt: &Packet, sk: *mut bpf_sock) -> bool {
         PROTO_TCP,
         view.local_port,
     );
-    record_flow(&key, view.revision, now, DIR_INGRESS, &d);
+    record_flow(&key, view.revision, now, DIR_INGRESS, &d, pkt.seq);
     flow_event(view, pkt, DIR_INGRESS, &d);
     d.passes()
 }
@@ -304,7 +306,7 @@ fn datagram(view: &View, pkt: &Packet, sk: *mut bpf_sock) -> bool {
         pkt.protocol,
         view.server_port(direction),
     );
-    record_flow(&key, view.revision, now, direction, &d);
+    record_flow(&key, view.revision, now, direction, &d, 0);
     if fresh {
         flow_event(view, pkt, direction, &d);
     }
@@ -323,7 +325,7 @@ fn flow_key(view: &View, protocol: u8, remote_port: u16) -> FlowKey {
 }
 
 #[inline(always)]
-fn record_flow(key: &FlowKey, revision: u64, now: u64, direction: u8, d: &Decision) {
+fn record_flow(key: &FlowKey, revision: u64, now: u64, direction: u8, d: &Decision, syn_seq: u32) {
     let value = FlowValue {
         revision,
         seen_ns: now,
@@ -332,6 +334,8 @@ fn record_flow(key: &FlowKey, revision: u64, now: u64, direction: u8, d: &Decisi
         reason: d.reason,
         direction,
         flags: 0,
+        syn_seq,
+        _pad: [0; 4],
     };
     let _ = FLOWS.insert(key, value, 0);
 }

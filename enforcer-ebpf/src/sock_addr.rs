@@ -215,6 +215,8 @@ pub fn try_sendmsg(ctx: &SockAddrContext, v6: bool) -> Result<bool, i64> {
         reason: d.reason,
         direction,
         flags: 0,
+        syn_seq: 0,
+        _pad: [0; 4],
     };
     let _ = FLOWS.insert(key, value, 0);
     if fresh {

@@ -166,6 +166,38 @@ impl Workload {
         let first = session.read_word()?;
         Ok((session, first))
     }
+
+    /// `count` TCP connections one after the other from the same source port `src_port` (each
+    /// closed with a RST, so that no TIME_WAIT blocks the next): a client that reuses its port
+    /// for new attempts. One result per attempt.
+    pub fn probe_reused_port(
+        &self,
+        to: IpAddr,
+        port: u16,
+        src_port: u16,
+        count: u32,
+        timeout: Duration,
+    ) -> io::Result<Vec<ProbeResult>> {
+        let mut cmd = self.command("reuse");
+        cmd.args([
+            "tcp",
+            &to.to_string(),
+            &port.to_string(),
+            &src_port.to_string(),
+            &count.to_string(),
+            &timeout.as_millis().to_string(),
+        ]);
+        let out = cmd.stdin(Stdio::null()).output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(
+                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(ProbeResult::parse)
+            .collect())
+    }
 }
 
 /// One probe, in a child process in the workload.

@@ -8,6 +8,8 @@
 //!   one echo request from a ping socket (the port is ignored) and waits for the reply.
 //! - `session tcp ADDR PORT TIMEOUT_MS`: connects (prints the probe word), then for each line
 //!   on stdin sends it and prints `ok` when echoed back or `timeout`/`error`.
+//! - `reuse tcp ADDR PORT SRC_PORT COUNT TIMEOUT_MS`: `COUNT` probes one after the other, all from
+//!   source port `SRC_PORT`; prints their words on one line.
 //!
 //! Usage: `bulkhead-netns-helper CGROUP_DIR NETNS_PATH MODE ARGS...`
 
@@ -51,6 +53,12 @@ fn run(args: &[String]) -> io::Result<()> {
             Ok(())
         }
         ("session", [_tcp, addr, port, timeout]) => session(target(addr, port)?, millis(timeout)?),
+        ("reuse", [_tcp, addr, port, src_port, count, timeout]) => reuse(
+            target(addr, port)?,
+            src_port.parse().map_err(io::Error::other)?,
+            count.parse().map_err(io::Error::other)?,
+            millis(timeout)?,
+        ),
         _ => Err(io::Error::other(format!("unknown mode {mode} {rest:?}"))),
     }
 }
@@ -216,5 +224,44 @@ fn session(to: SocketAddr, timeout: Duration) -> io::Result<()> {
         println!("{word}");
         io::stdout().flush()?;
     }
+    Ok(())
+}
+
+/// `reuse tcp ADDR PORT SRC_PORT COUNT TIMEOUT_MS`: `COUNT` connections one after the other, all
+/// from the same source port (`SO_REUSEADDR`, bound before `connect`), each closed with
+/// `SO_LINGER 0` (a RST, so no TIME_WAIT blocks the next one). Prints one probe word per
+/// attempt on one line.
+fn reuse(to: SocketAddr, src_port: u16, count: u32, timeout: Duration) -> io::Result<()> {
+    use rustix::net::{AddressFamily, SocketType, bind, connect, ipproto, socket, sockopt};
+    let (family, local) = if to.is_ipv4() {
+        (
+            AddressFamily::INET,
+            SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), src_port),
+        )
+    } else {
+        (
+            AddressFamily::INET6,
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), src_port),
+        )
+    };
+    let mut words = Vec::new();
+    for _ in 0..count {
+        let fd = socket(family, SocketType::STREAM, Some(ipproto::TCP))?;
+        sockopt::set_socket_reuseaddr(&fd, true)?;
+        // Bounds the blocking connect (SO_SNDTIMEO applies to it).
+        sockopt::set_socket_timeout(&fd, sockopt::Timeout::Send, Some(timeout))?;
+        bind(&fd, &local)?;
+        let word = match connect(&fd, &to) {
+            Ok(()) => {
+                let mut stream = TcpStream::from(fd);
+                let word = exchange(&mut stream, timeout);
+                sockopt::set_socket_linger(&stream, Some(Duration::ZERO))?;
+                word
+            }
+            Err(e) => classify(&e.into()),
+        };
+        words.push(word);
+    }
+    println!("{}", words.join(" "));
     Ok(())
 }

@@ -173,6 +173,64 @@ fn one_event_per_attempt_per_enforcement_point() {
     );
 }
 
+/// A client that reuses its source port for a new connection within the retransmission window
+/// (same listener, remote address and port, revision) makes a new attempt, not a retransmission:
+/// its SYN carries another initial sequence number, and the server writes one event per attempt.
+#[test]
+fn reused_client_port_is_a_new_attempt() {
+    if skip() {
+        return;
+    }
+    let mut env = Env::new("events-reuse");
+    let _tcp = env.server.serve(&[80], Proto::Tcp).expect("server");
+    let mut m = env.base(3);
+    m.policy.insert(
+        key(CLIENT, SERVER, DIR_EGRESS, PROTO_TCP, 80, 16),
+        allow(10),
+    );
+    m.policy.insert(
+        key(SERVER, CLIENT, DIR_INGRESS, PROTO_TCP, 80, 16),
+        allow(20),
+    );
+    env.dp().apply(&m).expect("apply");
+    let rt = runtime();
+    let _entered = rt.enter();
+    let mut reader = env.dp().event_reader().expect("reader");
+    assert!(drain(&mut reader).is_empty());
+
+    let attempts: u32 = 20;
+    let src_port: u16 = 40_000;
+    let results = env
+        .client
+        .probe_reused_port(
+            env.server_v4(),
+            80,
+            src_port,
+            attempts,
+            Duration::from_secs(2),
+        )
+        .expect("reused-port probes");
+    assert_eq!(results, vec![ProbeResult::Connected; attempts as usize]);
+    let events = drain(&mut reader);
+    let connects = events.iter().filter(|e| e.hook == HOOK_CONNECT).count();
+    let syns: Vec<_> = events
+        .iter()
+        .filter(|e| e.hook == HOOK_SKB_INGRESS)
+        .collect();
+    assert_eq!(connects, attempts as usize, "{events:#?}");
+    assert_eq!(
+        syns.len(),
+        attempts as usize,
+        "one SYN event per attempt from the reused port: {events:#?}"
+    );
+    assert!(
+        syns.iter()
+            .all(|e| (e.src_port, e.dst_port, e.rule_id) == (src_port, 80, 20)),
+        "{syns:#?}"
+    );
+    assert_eq!(events.len(), 2 * attempts as usize, "{events:#?}");
+}
+
 #[test]
 fn async_reader_wakes_on_new_events() {
     if skip() {
