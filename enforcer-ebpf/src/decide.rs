@@ -17,6 +17,8 @@ pub struct Decision {
     pub reason: u8,
     pub rule_id: u32,
     pub peer_identity: u32,
+    /// The boot-time instant the windows were checked at (also the event's timestamp).
+    pub at_ns: u64,
 }
 
 impl Decision {
@@ -37,13 +39,26 @@ pub fn policy_protocol(protocol: u8, port: u16) -> (u8, u16) {
 }
 
 /// Decides a connection of `local` with remote address `remote` to destination (server) port
-/// `port`, seen in `direction`.
+/// `port`, seen in `direction`, now.
 #[inline(always)]
 pub fn decide(local: u32, remote: &AddrKey, direction: u8, protocol: u8, port: u16) -> Decision {
-    let peer = maps::peer_identity(remote);
-    let (protocol, port) = policy_protocol(protocol, port);
     // SAFETY: a helper without arguments or side effects.
     let now = unsafe { bpf_ktime_get_boot_ns() };
+    decide_at(now, local, remote, direction, protocol, port)
+}
+
+/// [`decide`] at `now` (boot-time ns), for callers that read the clock already.
+#[inline(always)]
+pub fn decide_at(
+    now: u64,
+    local: u32,
+    remote: &AddrKey,
+    direction: u8,
+    protocol: u8,
+    port: u16,
+) -> Decision {
+    let peer = maps::peer_identity(remote);
+    let (protocol, port) = policy_protocol(protocol, port);
     let mut key = PolicyKey {
         local_identity: local,
         peer_identity: peer,
@@ -52,20 +67,21 @@ pub fn decide(local: u32, remote: &AddrKey, direction: u8, protocol: u8, port: u
         port_be: port.to_be_bytes(),
     };
     if let Some(v) = in_window(maps::policy_entry(key), now) {
-        return from_value(&v, peer);
+        return from_value(&v, peer, now);
     }
     key.peer_identity = identity::ANY;
     if let Some(v) = in_window(maps::policy_entry(key), now) {
-        return from_value(&v, peer);
+        return from_value(&v, peer, now);
     }
     if let Some(v) = in_window(maps::default_entry(local, direction), now) {
-        return from_value(&v, peer);
+        return from_value(&v, peer, now);
     }
     Decision {
         verdict: VERDICT_ALLOW,
         reason: REASON_NOT_ISOLATED,
         rule_id: RULE_NONE,
         peer_identity: peer,
+        at_ns: now,
     }
 }
 
@@ -79,11 +95,12 @@ fn in_window(entry: Option<PolicyValue>, now: u64) -> Option<PolicyValue> {
 }
 
 #[inline(always)]
-fn from_value(v: &PolicyValue, peer_identity: u32) -> Decision {
+fn from_value(v: &PolicyValue, peer_identity: u32, at_ns: u64) -> Decision {
     Decision {
         verdict: v.verdict,
         reason: v.reason,
         rule_id: v.rule_id,
         peer_identity,
+        at_ns,
     }
 }

@@ -1,20 +1,17 @@
 //! Writes `VerdictEvent`s to the `EVENTS` ring buffer; counts what does not fit in
 //! `EVENT_LOSSES` (per CPU, summed by user space).
 
-use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
 use enforcer_common::VerdictEvent;
 
 use crate::maps::{EVENT_LOSSES, EVENTS};
 
-/// Reserves, fills and submits one event; on a full ring buffer counts one loss instead.
+/// Reserves, fills and submits one event (its timestamp as given: the decision's instant); on a
+/// full ring buffer counts one loss instead.
 #[inline(always)]
 pub fn emit(event: &VerdictEvent) {
     match EVENTS.reserve::<VerdictEvent>(0) {
         Some(mut slot) => {
-            let mut e = *event;
-            // SAFETY: a helper without arguments or side effects.
-            e.timestamp_ns = unsafe { bpf_ktime_get_boot_ns() };
-            slot.write(e);
+            slot.write(*event);
             slot.submit(0);
         }
         None => {

@@ -7,7 +7,8 @@
 //! - a listener gets the passive mark in its socket storage at its first SYN; the storage map has
 //!   `BPF_F_CLONE`, so every socket it accepts inherits the mark and is decided silently at
 //!   ingress orientation (peer = remote address, port = local port), then cached. Listeners
-//!   themselves (handshake packets) are decided the same way, never cached;
+//!   themselves are never cached: their handshake packets follow the `FLOWS` entry of their SYN
+//!   (current revision), else are decided the same way;
 //! - a connected TCP socket with neither mark (it predates the programs) passes when either
 //!   orientation allows it, and keeps the orientation that did;
 //! - UDP and port-less protocols: a connected socket's cached decision, else the `FLOWS` entry
@@ -15,7 +16,8 @@
 //!   saw its first packet (event written once).
 //!
 //! A cached decision of an older `CONFIG.revision` is made again in its recorded orientation,
-//! silently, so established flows follow a policy change.
+//! silently, so established flows follow a policy change. One of the current revision is the
+//! fast path: followed before anything else (see `try_skb`).
 
 use core::{ffi::c_void, ptr};
 
@@ -33,7 +35,7 @@ use enforcer_common::{
 };
 
 use crate::{
-    decide::{Decision, decide},
+    decide::{Decision, decide, decide_at},
     events::emit,
     maps::{self, FLOWS},
     packet::{self, Packet},
@@ -71,12 +73,29 @@ impl View {
 }
 
 /// Both cgroup_skb programs: `Ok(true)` lets the packet through.
+///
+/// Fast path first: a socket whose storage holds a valid decision of the current revision
+/// follows it before anything else is read (no header parsing, no other map lookup). Such a
+/// decision exists only for a socket of a managed workload, and a revision names the maps'
+/// whole content, so the slow path would reach the same verdict.
 #[inline(always)]
 pub fn try_skb(ctx: &SkBuffContext, hook_dir: u8) -> Result<bool, i64> {
+    let (revision, unmanaged) = maps::config();
+    let sk = full_socket(ctx);
+    let slot = maps::sock_storage(sk, false);
+    if !slot.is_null() && !sk.is_null() {
+        // SAFETY: a non-null storage pointer of this socket; copied out at once.
+        let cached = unsafe { *slot };
+        // SAFETY: a full socket; `state` is a readable field. A listener is never cached (its
+        // SYNs are new attempts), whatever its storage holds.
+        let listening = unsafe { (*sk).state } == TCP_LISTEN;
+        if cached.flags & SOCK_DECISION_VALID != 0 && cached.revision == revision && !listening {
+            return Ok(cached.verdict != VERDICT_DENY);
+        }
+    }
     let Ok(pkt) = packet::parse(ctx) else {
         return Ok(true);
     };
-    let (revision, unmanaged) = maps::config();
     // SAFETY: the context's skb pointer is valid for the whole program.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
     let Some(local) = maps::local_identity(cgroup_id, unmanaged) else {
@@ -99,14 +118,13 @@ pub fn try_skb(ctx: &SkBuffContext, hook_dir: u8) -> Result<bool, i64> {
         local_port,
         hook_dir,
     };
-    let sk = full_socket(ctx);
     if pkt.protocol == PROTO_TCP {
         if hook_dir == DIR_INGRESS && pkt.syn {
             return Ok(syn(&view, &pkt, sk));
         }
-        return Ok(tcp(&view, sk));
+        return Ok(tcp(&view, sk, slot));
     }
-    Ok(datagram(&view, &pkt, sk))
+    Ok(datagram(&view, &pkt, slot))
 }
 
 /// The packet's full socket, or null.
@@ -175,7 +193,8 @@ fn syn(view: &View, pkt: &Packet, sk: *mut bpf_sock) -> bool {
     {
         return f.verdict != VERDICT_DENY;
     }
-    let d = decide(
+    let d = decide_at(
+        now,
         view.local,
         &view.remote,
         DIR_INGRESS,
@@ -187,9 +206,9 @@ fn syn(view: &View, pkt: &Packet, sk: *mut bpf_sock) -> bool {
     d.passes()
 }
 
-/// Any other TCP packet.
+/// Any other TCP packet; `slot` is the socket's storage if it exists already.
 #[inline(always)]
-fn tcp(view: &View, sk: *mut bpf_sock) -> bool {
+fn tcp(view: &View, sk: *mut bpf_sock, slot: *mut SockDecision) -> bool {
     if sk.is_null() {
         return passive(view);
     }
@@ -197,9 +216,13 @@ fn tcp(view: &View, sk: *mut bpf_sock) -> bool {
     let state = unsafe { (*sk).state };
     if state == TCP_LISTEN {
         mark_passive(sk);
-        return passive(view);
+        return handshake(view);
     }
-    let slot = maps::sock_storage(sk, true);
+    let slot = if slot.is_null() {
+        maps::sock_storage(sk, true)
+    } else {
+        slot
+    };
     if slot.is_null() {
         return passive(view);
     }
@@ -262,6 +285,23 @@ fn mark_passive(sk: *mut bpf_sock) {
     }
 }
 
+/// A listener's handshake packet (SYN-ACK out, ACK in): the decision its SYN recorded in
+/// `FLOWS` under the current revision (the same inputs: listener, remote address, local port),
+/// else a silent ingress-oriented decision.
+#[inline(always)]
+fn handshake(view: &View) -> bool {
+    let key = flow_key(view, PROTO_TCP, view.remote_port);
+    // SAFETY: the value is copied out at once.
+    let known = unsafe { FLOWS.get(key) }.copied();
+    if let Some(f) = known
+        && f.revision == view.revision
+        && f.direction == DIR_INGRESS
+    {
+        return f.verdict != VERDICT_DENY;
+    }
+    passive(view)
+}
+
 /// A silent ingress-oriented decision (listener handshake packets, non-full sockets).
 #[inline(always)]
 fn passive(view: &View) -> bool {
@@ -275,10 +315,9 @@ fn passive(view: &View) -> bool {
     .passes()
 }
 
-/// UDP, SCTP and port-less protocols.
+/// UDP, SCTP and port-less protocols; `slot` is the socket's storage if it exists.
 #[inline(always)]
-fn datagram(view: &View, pkt: &Packet, sk: *mut bpf_sock) -> bool {
-    let slot = maps::sock_storage(sk, false);
+fn datagram(view: &View, pkt: &Packet, slot: *mut SockDecision) -> bool {
     if !slot.is_null()
         && let Some(pass) = follow_or_refresh(view, slot, pkt.protocol)
     {
@@ -299,7 +338,8 @@ fn datagram(view: &View, pkt: &Packet, sk: *mut bpf_sock) -> bool {
         Some(f) => (f.direction, false),
         None => (view.hook_dir, true),
     };
-    let d = decide(
+    let d = decide_at(
+        now,
         view.local,
         &view.remote,
         direction,
@@ -344,7 +384,7 @@ fn record_flow(key: &FlowKey, revision: u64, now: u64, direction: u8, d: &Decisi
 #[inline(always)]
 fn flow_event(view: &View, pkt: &Packet, direction: u8, d: &Decision) {
     emit(&VerdictEvent {
-        timestamp_ns: 0,
+        timestamp_ns: d.at_ns,
         cgroup_id: view.cgroup_id,
         socket_cookie: view.cookie,
         revision: view.revision,

@@ -93,7 +93,7 @@ fn event(ctx: &SockAddrContext, v6: bool, r: &Report<'_>) {
     // SAFETY: bpf_get_socket_cookie accepts a sock_addr context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     emit(&VerdictEvent {
-        timestamp_ns: 0,
+        timestamp_ns: r.decision.at_ns,
         cgroup_id: r.cgroup_id,
         socket_cookie: cookie,
         revision: r.revision,
