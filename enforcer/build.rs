@@ -14,6 +14,13 @@ fn main() -> anyhow::Result<()> {
     let root = root
         .to_str()
         .ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
+    // The kernel programs include `enforcer-common`'s layouts: rebuild them when it changes too
+    // (aya-build watches only the eBPF package itself).
+    let common = std::path::Path::new(&meta)
+        .parent()
+        .ok_or_else(|| anyhow!("enforcer has no parent directory"))?
+        .join("enforcer-common");
+    println!("cargo:rerun-if-changed={}", common.display());
     let skip =
         std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip {
