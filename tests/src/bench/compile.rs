@@ -1,16 +1,18 @@
 //! Part A: the policy compiler on [`synth::Shape::LARGE`] (issue 2).
 //!
-//! Measured: YAML parsing (reported apart), a full compile with a fresh [`Compiler`], and
-//! recompiles with the same `Compiler` after one pod is relabelled and after one policy is
-//! edited. Recompiles alternate between the two versions of the input, so every repetition
-//! compiles a real one-object change. Heap growth is measured in a repetition of its own, with
-//! the counting allocator on (see [`alloc`]).
+//! Measured: YAML parsing (reported apart), a full compile with a fresh [`Compiler`], and the
+//! incremental compiler ([`Incremental`], what a long-running controller or agent uses for one
+//! change) after one pod is relabelled and after one policy is edited. Changes alternate between
+//! the two versions of the object, so every repetition is a real one-object change; each is
+//! checked against a fresh full compile once. Heap growth is measured in a repetition of its own,
+//! with the counting allocator on (see [`alloc`]).
 
 use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result, ensure};
 use bulkhead_policy::{
-    AllocationTable, CompiledState, Compiler, Inventory, PolicySet, WorkloadRef, load,
+    AllocationTable, CompiledState, Compiler, Incremental, Inventory, PolicySet, StateDiff,
+    WorkloadRef, load,
 };
 use jiff::Timestamp;
 
@@ -20,8 +22,10 @@ use super::{
 };
 use crate::synth::{self, Shape};
 
-/// Repetitions of each timed measurement (after one warm-up).
+/// Repetitions of each timed full compile (after one warm-up).
 const REPS: usize = 5;
+/// Repetitions of each timed incremental change (after warm-ups).
+const CHANGE_REPS: usize = 20;
 /// Repetitions of YAML parsing (slow, and not the claim).
 const PARSE_REPS: usize = 3;
 /// The workload that gets relabelled: it moves from `app-3` to `app-0`'s labels.
@@ -58,13 +62,6 @@ impl CompileReport {
     pub fn bound_ratio(&self) -> f64 {
         self.policy_entries as f64 / (self.identities as f64 * self.rules as f64)
     }
-}
-
-/// Entries present in one map and not the other, or present in both with other values.
-fn changed<K: Ord, V: PartialEq>(a: &BTreeMap<K, V>, b: &BTreeMap<K, V>) -> usize {
-    let gone_or_changed = a.iter().filter(|(k, v)| b.get(k) != Some(v)).count();
-    let added = b.keys().filter(|k| !a.contains_key(k)).count();
-    gone_or_changed + added
 }
 
 fn compile(compiler: &mut Compiler, set: &PolicySet, inv: &Inventory) -> Result<CompiledState> {
@@ -114,34 +111,94 @@ pub fn run(progress: &mut dyn FnMut(&str)) -> Result<CompileReport> {
         full.push(t.as_secs_f64());
     }
 
-    progress("compiler: recompile after one pod relabel");
-    let mut relabelled = inv.clone();
+    progress("compiler: incremental change: one pod relabel");
     let (ns, name) = RELABELLED;
-    let labels = BTreeMap::from([("app".to_owned(), "app-0".to_owned())]);
+    let target = WorkloadRef::new(synth::namespace(ns), name);
+    let original = inv
+        .workload(&target)
+        .context("workload to relabel not found")?
+        .labels
+        .clone();
+    let moved = BTreeMap::from([("app".to_owned(), "app-0".to_owned())]);
+    let mut relabelled = inv.clone();
     ensure!(
-        relabelled.set_workload_labels(&WorkloadRef::new(synth::namespace(ns), name), labels),
+        relabelled.set_workload_labels(&target, moved.clone()),
         "workload to relabel not found"
     );
-    let mut compiler = Compiler::new(AllocationTable::default());
-    compile(&mut compiler, &set, &inv)?;
-    let (after, recompile_heap) = alloc::measure(|| compile(&mut compiler, &set, &relabelled));
-    let relabel_changed = changed(&state.policy, &after?.policy);
-    let relabel = alternate(&mut compiler, [(&set, &inv), (&set, &relabelled)])?;
+    let mut inc = Incremental::new(
+        Compiler::new(AllocationTable::default()),
+        set.clone(),
+        inv.clone(),
+        at(),
+    )?;
+    let (diff, recompile_heap) = alloc::measure(|| inc.set_workload_labels(&target, moved.clone()));
+    let relabel_changed = policy_changes(&diff?);
+    let fresh = compile(
+        &mut Compiler::new(AllocationTable::default()),
+        &set,
+        &relabelled,
+    )?;
+    let relabel_matches_fresh = inc.state().policy == fresh.policy;
+    progress(&format!(
+        "compiler: incremental relabel state equals a fresh compile with its allocation table: {}",
+        if relabel_matches_fresh {
+            "yes"
+        } else {
+            "NO (identity numbers differ)"
+        }
+    ));
+    ensure!(
+        inc.inventory().workload(&target).map(|w| &w.labels)
+            == relabelled.workload(&target).map(|w| &w.labels),
+        "the relabel changed the workload's labels"
+    );
+    let relabel = alternate(|rep| {
+        let labels = if rep % 2 == 0 { &original } else { &moved };
+        inc.set_workload_labels(&target, labels.clone())
+    })?;
 
-    progress("compiler: recompile after one policy edit");
+    progress("compiler: incremental change: one policy edit");
+    let edits: Vec<_> = [1, 0]
+        .into_iter()
+        .map(|variant| {
+            load::parse_documents(
+                "edit.yaml",
+                &synth::namespace_policies_yaml(EDITED_NS, variant),
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    let mut inc = Incremental::new(
+        Compiler::new(AllocationTable::default()),
+        set.clone(),
+        inv.clone(),
+        at(),
+    )?;
+    let mut edit_changed = 0;
+    for object in edits[0].iter().cloned() {
+        edit_changed += policy_changes(&inc.apply_policy("edit.yaml", object)?);
+    }
     let mut edited = set.clone();
-    let edit_text = synth::namespace_policies_yaml(EDITED_NS, 1);
-    for object in load::parse_documents("edit.yaml", &edit_text)? {
+    for object in edits[0].iter().cloned() {
         edited.apply("edit.yaml", object)?;
     }
     ensure!(edited.len() == set.len(), "the edit must replace, not add");
-    let mut compiler = Compiler::new(AllocationTable::default());
-    compile(&mut compiler, &set, &inv)?;
-    let edit_changed = changed(
-        &state.policy,
-        &compile(&mut compiler, &edited, &inv)?.policy,
-    );
-    let edit = alternate(&mut compiler, [(&set, &inv), (&edited, &inv)])?;
+    let fresh = compile(
+        &mut Compiler::new(AllocationTable::default()),
+        &edited,
+        &inv,
+    )?;
+    let edit_matches_fresh = inc.state().policy == fresh.policy;
+    progress(&format!(
+        "compiler: incremental edit state equals a fresh compile with its allocation table: {}",
+        if edit_matches_fresh { "yes" } else { "NO" }
+    ));
+    // The web policy is the edited object (variant 1 changes its port); the other object of
+    // the namespace is unchanged, so one object per repetition is applied.
+    let web: Vec<_> = edits
+        .iter()
+        .map(|docs| docs.first().cloned().context("the edit has a web policy"))
+        .collect::<Result<_>>()?;
+    let edit = alternate(|rep| inc.apply_policy("edit.yaml", web[(rep + 1) % 2].clone()))?;
     ensure!(
         relabel_changed > 0 && edit_changed > 0,
         "a one-object change must change some policy entries ({relabel_changed}, {edit_changed})"
@@ -168,14 +225,26 @@ pub fn run(progress: &mut dyn FnMut(&str)) -> Result<CompileReport> {
     })
 }
 
-/// Times [`REPS`] recompiles with `compiler`, alternating between two inputs that differ by one
-/// object (the compiler last compiled the second one, so the first repetition is a change too).
-fn alternate(compiler: &mut Compiler, inputs: [(&PolicySet, &Inventory); 2]) -> Result<Samples> {
+/// Policy trie entries a change upserts or removes.
+fn policy_changes(diff: &StateDiff) -> usize {
+    diff.policy.upserts.len() + diff.policy.removals.len()
+}
+
+/// Times [`CHANGE_REPS`] incremental changes (after four warm-ups); `change(rep)` applies the
+/// repetition's version of the object, alternating, so every call is a real change.
+fn alternate(
+    mut change: impl FnMut(usize) -> Result<StateDiff, bulkhead_policy::Error>,
+) -> Result<Samples> {
+    for rep in 0..4 {
+        ensure!(
+            !change(rep)?.is_empty(),
+            "every alternation changes the state"
+        );
+    }
     let mut samples = Samples::default();
-    for rep in 0..REPS {
-        let (set, inv) = inputs[rep % 2];
-        let (result, t) = timed(|| compile(compiler, set, inv));
-        result?;
+    for rep in 0..CHANGE_REPS {
+        let (result, t) = timed(|| change(rep));
+        ensure!(!result?.is_empty(), "every alternation changes the state");
         samples.push(t.as_secs_f64());
     }
     Ok(samples)

@@ -165,7 +165,7 @@ fn compile_tables(out: &mut String, c: &CompileReport) {
     row(
         out,
         &format!(
-            "recompile after one pod relabel, same compiler ({} entries change)",
+            "incremental change: one pod relabel ({} policy entries change)",
             count(c.relabel_changed as u64)
         ),
         &c.relabel,
@@ -174,7 +174,7 @@ fn compile_tables(out: &mut String, c: &CompileReport) {
     row(
         out,
         &format!(
-            "recompile after one policy edit, same compiler ({} entries change)",
+            "incremental change: one policy edit ({} policy entries change)",
             count(c.edit_changed as u64)
         ),
         &c.edit,
@@ -209,7 +209,7 @@ fn compile_tables(out: &mut String, c: &CompileReport) {
     );
     let _ = writeln!(
         out,
-        "| heap: peak growth during a recompile | {} |\n",
+        "| heap: peak growth during one incremental change | {} |\n",
         mib(c.recompile_heap.peak)
     );
 }
