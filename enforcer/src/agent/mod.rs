@@ -149,9 +149,9 @@ impl Agent {
     fn apply(&mut self, compiled: &CompiledState) -> Result<()> {
         // Re-sample the clock offset: wall-clock steps (NTP) move the mapping.
         self.clock = datapath::boot_time_offset();
-        // A crash in the middle of an apply can leave the transient marker set.
-        let held = self.datapath.current()?.revision & !datapath::TRANSIENT_REVISION_BIT;
-        let revision = held + 1;
+        // Only CONFIG is read here (`apply` reads the maps themselves for its diff); a transient
+        // revision left by a crash mid-apply reads as its final one.
+        let revision = self.datapath.revision()? + 1;
         let translation = desired::translate(compiled, revision, &self.cgroup_root, &self.clock);
         for (workload, dir) in &translation.missing {
             tracing::warn!(workload = %format!("{}/{}", workload.namespace, workload.name),

@@ -115,6 +115,15 @@ impl PolicyMaps {
         })
     }
 
+    /// The revision the maps hold (a transient one reads as its final one); reads `CONFIG` only.
+    pub(super) fn revision(&self) -> Result<u64, DatapathError> {
+        let config = self
+            .config
+            .get(&0, 0)
+            .map_err(|e| DatapathError::map(pins::MAP_CONFIG, "reading", e))?;
+        Ok(config.revision & !TRANSIENT_REVISION_BIT)
+    }
+
     /// The kernel's current contents.
     pub(super) fn read(&self) -> Result<DesiredMaps, DatapathError> {
         let config = self

@@ -108,6 +108,11 @@ impl Datapath {
         &self.root
     }
 
+    /// The policy revision the kernel maps hold (cheap: reads `CONFIG` only).
+    pub fn revision(&self) -> Result<u64, DatapathError> {
+        self.maps.revision()
+    }
+
     /// The kernel's current map contents.
     pub fn current(&self) -> Result<DesiredMaps, DatapathError> {
         self.maps.read()
