@@ -6,10 +6,10 @@
 use std::io::{BufRead as _, BufReader};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use bulkhead_tests::agent::AgentRun;
 use bulkhead_tests::netns::{TestNet, kernel_tests_possible};
 use bulkhead_tests::workload::{ProbeResult, Proto, Workload};
 
@@ -19,42 +19,11 @@ const RED: &str = "\x1b[31m";
 const DIM: &str = "\x1b[2m";
 const RESET: &str = "\x1b[0m";
 
-struct Enforcer {
-    child: Child,
-    bpffs: PathBuf,
-    binary: PathBuf,
-}
-
-impl Drop for Enforcer {
-    fn drop(&mut self) {
-        // SIGTERM: the agent flushes the log and exits; the pins keep enforcing until uninstall.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-        let _ = Command::new(&self.binary)
-            .arg("uninstall")
-            .arg("--bpffs")
-            .arg(&self.bpffs)
-            .stdout(Stdio::null())
-            .status();
-    }
-}
-
 fn main() -> Result<()> {
     if let Err(why) = kernel_tests_possible() {
         bail!("the demo needs root and eBPF: {why}");
     }
     let root = workspace_root()?;
-    let enforcer_bin = sibling("enforcer")?;
-    let work = std::env::temp_dir().join(format!("bulkhead-demo-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(work.join("policies"))?;
-    for entry in std::fs::read_dir(root.join("examples/demo/policies"))? {
-        let entry = entry?;
-        std::fs::copy(entry.path(), work.join("policies").join(entry.file_name()))?;
-    }
 
     println!("{BOLD}Bulkhead demo{RESET}: workloads in network namespaces, policy in the kernel\n");
     let mut net = TestNet::new("demo").context("creating the demo network")?;
@@ -98,43 +67,34 @@ fn main() -> Result<()> {
             }
         }
     }
-    let inventory_path = work.join("inventory.yaml");
-    std::fs::write(&inventory_path, with_cgroups)?;
-
-    let log = work.join("verdicts.jsonl");
-    let bpffs = PathBuf::from("/sys/fs/bpf").join(net.prefix());
+    // The agent runs as a child process with its own files (removed with it), the programs
+    // attached under the demo's parent cgroup.
+    let mut agent = AgentRun::new(&net).context("preparing the agent's files")?;
+    for entry in std::fs::read_dir(root.join("examples/demo/policies"))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name
+            .to_str()
+            .context("example policy file name is not UTF-8")?;
+        agent.write_policy(name, &std::fs::read_to_string(entry.path())?)?;
+    }
+    agent.write_inventory(&with_cgroups)?;
+    let log = agent.log_path();
     println!(
         "\n{BOLD}$ enforcer run{RESET} --policies examples/demo/policies --inventory ... --log {}",
         log.display()
     );
-    let child = Command::new(&enforcer_bin)
-        .arg("run")
-        .arg("--policies")
-        .arg(work.join("policies"))
-        .arg("--inventory")
-        .arg(&inventory_path)
-        .arg("--log")
-        .arg(&log)
-        .arg("--bpffs")
-        .arg(&bpffs)
-        .arg("--cgroup")
-        .arg(net.cgroup_parent())
-        .arg("--state-dir")
-        .arg(work.join("state"))
-        .arg("--no-metrics")
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .context("starting the enforcer")?;
-    let _enforcer = Enforcer {
-        child,
-        bpffs,
-        binary: enforcer_bin.clone(),
-    };
+    agent.start().context("starting the enforcer")?;
     // Ready once the kernel denies what the policy denies.
     wait_for(|| {
         net.probe(&frontend, IpAddr::V4(db.ipv4), 5432, Proto::Tcp) == ProbeResult::Timeout
     })
-    .context("the enforcer did not start enforcing within 20 s")?;
+    .with_context(|| {
+        format!(
+            "the enforcer did not start enforcing within 20 s; its log:\n{}",
+            agent.stderr()
+        )
+    })?;
 
     println!(
         "\n{BOLD}Connections{RESET} (each decided in the kernel at the client's egress and the server's ingress)"
@@ -218,9 +178,9 @@ fn main() -> Result<()> {
 
     println!("\n{BOLD}Just-in-time access{RESET}: ops/debug may reach shop/db:5432 for 6 seconds");
     let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(6);
-    std::fs::write(
-        work.join("policies/jit.yaml"),
-        format!(
+    agent.write_policy(
+        "jit.yaml",
+        &format!(
             "apiVersion: bulkhead.dev/v1alpha1\nkind: ClusterSegmentationPolicy\nmetadata: {{name: oncall-db-access}}\n\
              spec:\n  tier: Admin\n  priority: 5\n  subject:\n    namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: shop}}}}\n    \
              podSelector: {{matchLabels: {{app: db}}}}\n  ingress:\n  - name: oncall-ticket-4711\n    action: Allow\n    from:\n    \
@@ -266,9 +226,9 @@ fn main() -> Result<()> {
     // Let the agent drain the ring buffer, then show the log.
     std::thread::sleep(Duration::from_millis(500));
     show_log(&log)?;
-    drop(_enforcer);
+    // Stops the agent (SIGTERM: it flushes the log), uninstalls the datapath, removes its files.
+    drop(agent);
     drop(net);
-    let _ = std::fs::remove_dir_all(&work);
     if failures > 0 {
         bail!("{failures} connection(s) did not behave as the policy says");
     }
@@ -423,20 +383,4 @@ fn workspace_root() -> Result<PathBuf> {
         .parent()
         .context("the tests crate has a parent directory")?
         .to_path_buf())
-}
-
-/// A binary built next to this one.
-fn sibling(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe
-        .parent()
-        .context("the demo binary has a directory")?
-        .join(name);
-    if !path.exists() {
-        bail!(
-            "{} not found: build it first (cargo xtask demo does)",
-            path.display()
-        );
-    }
-    Ok(path)
 }
