@@ -19,5 +19,10 @@ pub mod run;
 pub mod subject;
 pub mod watch;
 
+#[cfg(test)]
+mod fixtures;
+#[cfg(test)]
+mod tests;
+
 pub use progress::PolicyProgress;
 pub use run::{Config, Controller, RunError, run};
