@@ -20,7 +20,11 @@ pub mod subject;
 pub mod watch;
 
 #[cfg(test)]
+mod api_tests;
+#[cfg(test)]
 mod fixtures;
+#[cfg(test)]
+mod mock;
 #[cfg(test)]
 mod tests;
 
