@@ -69,6 +69,8 @@ pub struct PolicyRecord {
     pub valid: Result<(), String>,
     /// The version the compiler holds (the last valid one).
     pub applied: Option<PolicyInput>,
+    /// The observed version changed since the last flush (`valid` is about an older one).
+    pub pending: bool,
 }
 
 /// What one [`Pipeline::flush`] did.
@@ -165,9 +167,11 @@ impl Pipeline {
                 let input = *input;
                 let key = input.object.key();
                 match self.policies.get_mut(&key) {
-                    Some(r) if r.input == input => {}
+                    // Only the stored status (or other bookkeeping) changed.
+                    Some(r) if r.input.same_spec(&input) => r.input.status = input.status,
                     Some(r) => {
                         r.input = input;
+                        r.pending = true;
                         self.dirty_policies.insert(key);
                     }
                     None => {
@@ -178,6 +182,7 @@ impl Pipeline {
                                 input,
                                 valid: Ok(()),
                                 applied: None,
+                                pending: true,
                             },
                         );
                         self.dirty_policies.insert(key);
@@ -298,6 +303,7 @@ impl Pipeline {
         let table = self.seed.clone().unwrap_or_default();
         let mut policies = PolicySet::new();
         for (key, record) in &mut self.policies {
+            record.pending = false;
             match policies.apply(SOURCE, record.input.object.clone()) {
                 Ok(_) => {
                     record.valid = Ok(());
@@ -568,7 +574,12 @@ impl Pipeline {
                     }
                 }
                 Some(record) => {
-                    if record.applied.as_ref() == Some(&record.input) {
+                    record.pending = false;
+                    if record
+                        .applied
+                        .as_ref()
+                        .is_some_and(|a| a.same_spec(&record.input))
+                    {
                         continue;
                     }
                     out.compiler_calls += 1;

@@ -540,3 +540,42 @@ fn subject_nodes_follow_each_kind() {
                                  "serviceAccounts": ["app"]}});
     assert_eq!(nodes(cluster(web)), ["n1"]);
 }
+
+#[test]
+fn a_status_write_recompiles_nothing_and_unflushed_edits_report_nothing() {
+    let mut p = Pipeline::new(AllocationTable::new());
+    let mut lists = shop(&mut p);
+    p.flush(at()).unwrap();
+    let mut written = segpol("db", "pg", seg_spec("pg", 5432), 1);
+    written.metadata.resource_version = Some("42".into());
+    written.status = Some(bulkhead_policy::model::PolicyStatus {
+        observed_generation: Some(1),
+        ..Default::default()
+    });
+    lists.take(Event::Apply(written), &mut p);
+    assert!(!p.dirty());
+    let key = ObjectKey {
+        kind: Kind::SegmentationPolicy,
+        namespace: Some("db".into()),
+        name: "pg".into(),
+    };
+    let hub = SyncHub::default();
+    let mut tracker = Tracker::default();
+    let progress = tracker.progress(&p, &hub.desired(), &hub.realized(), 0);
+    let x = progress.iter().find(|x| x.key == key).unwrap();
+    assert_eq!(
+        x.stored_status.as_ref().unwrap().observed_generation,
+        Some(1)
+    );
+    // An edit not flushed yet: its validity is unknown, so it is not reported.
+    lists.take(
+        Event::Apply(segpol("db", "pg", seg_spec("pg", 5433), 2)),
+        &mut p,
+    );
+    let progress = tracker.progress(&p, &hub.desired(), &hub.realized(), 0);
+    assert!(progress.iter().all(|x| x.key != key));
+    p.flush(at()).unwrap();
+    let progress = tracker.progress(&p, &hub.desired(), &hub.realized(), 0);
+    let x = progress.iter().find(|x| x.key == key).unwrap();
+    assert_eq!((x.generation, x.applied_generation), (2, Some(2)));
+}
