@@ -155,6 +155,11 @@ impl Controller {
         &self.inner.hub
     }
 
+    /// The metrics it counts into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
     /// The readiness flag (true once the initial lists are published).
     pub fn ready(&self) -> Arc<AtomicBool> {
         self.inner.ready.clone()
