@@ -287,16 +287,25 @@ impl Pipeline {
     fn initial(&mut self, now: Timestamp, out: &mut Flushed) -> Result<(), PipelineError> {
         let result = self.try_initial(now, out);
         if result.is_err() {
-            self.applied.clear();
-            self.ip_owner.clear();
-            self.short.clear();
-            self.assignment.clear();
-            for record in self.policies.values_mut() {
-                record.applied = None;
-            }
+            self.start_over(self.seed.clone().unwrap_or_default());
             out.policies.clear();
         }
         result
+    }
+
+    /// Forgets what was applied: the next flush is a full compile of everything observed,
+    /// starting from `table`.
+    fn start_over(&mut self, table: AllocationTable) {
+        self.compiler = None;
+        self.seed = Some(table);
+        self.applied.clear();
+        self.ip_owner.clear();
+        self.short.clear();
+        self.assignment.clear();
+        for record in self.policies.values_mut() {
+            record.applied = None;
+            record.pending = true;
+        }
     }
 
     fn try_initial(&mut self, now: Timestamp, out: &mut Flushed) -> Result<(), PipelineError> {
@@ -502,6 +511,7 @@ impl Pipeline {
                 return Ok(());
             };
             let at = c.at();
+            let table = c.table().clone();
             let (compiler, policies, mut inventory, _) = c.into_parts();
             for name in &added {
                 inventory.namespaces.push(Namespace {
@@ -509,9 +519,14 @@ impl Pipeline {
                     labels: self.namespaces[*name].clone(),
                 });
             }
-            let rebuilt = Incremental::new(compiler, policies, inventory, at)
-                .map_err(PipelineError::Compile)?;
-            self.compiler = Some(rebuilt);
+            match Incremental::new(compiler, policies, inventory, at) {
+                Ok(rebuilt) => self.compiler = Some(rebuilt),
+                Err(e) => {
+                    // The compiler is gone with its inputs: start over from the same table.
+                    self.start_over(table);
+                    return Err(PipelineError::Compile(e));
+                }
+            }
             out.compiler_calls += 1;
             out.full_compiles += 1;
             out.changed = true;
