@@ -239,6 +239,22 @@ impl Pipeline {
         self.compiler.as_ref().map(Incremental::state)
     }
 
+    /// A copy of the compiled state as the hub needs it: the maps, rules and workloads, without
+    /// `identities` and `next_change` (the hub reads neither; the identity descriptions are the
+    /// largest part to copy).
+    pub fn publishable_state(&self) -> Option<CompiledState> {
+        let s = self.state()?;
+        Some(CompiledState {
+            policy: s.policy.clone(),
+            defaults: s.defaults.clone(),
+            addresses: s.addresses.clone(),
+            workloads: s.workloads.clone(),
+            identities: BTreeMap::new(),
+            rules: s.rules.clone(),
+            next_change: None,
+        })
+    }
+
     /// The allocation table the compiler holds (the seed before the first flush).
     pub fn table(&self) -> Option<&AllocationTable> {
         match &self.compiler {

@@ -447,7 +447,7 @@ fn realization_counts_nodes_that_acknowledged_the_generation() {
     let mut tracker = Tracker::default();
     let publish = |p: &mut Pipeline, tracker: &mut Tracker| {
         let f = p.flush(at()).unwrap();
-        let r = hub.update(p.state().unwrap().clone(), p.assignment());
+        let r = hub.update(p.publishable_state().unwrap(), p.assignment());
         tracker.published(p, &f.policies, r, &hub.desired());
         r
     };
@@ -636,7 +636,7 @@ fn scale_initial_lists_and_one_pod_event() {
     let t = Instant::now();
     let f = p.flush(at()).unwrap();
     let compiled = t.elapsed();
-    let r = hub.update(p.state().unwrap().clone(), p.assignment());
+    let r = hub.update(p.publishable_state().unwrap(), p.assignment());
     let published = t.elapsed();
     println!(
         "initial lists ({nodes} nodes, {pods} pods, 200 policies, {} identities): compile {compiled:?}, compile + publish {published:?}, revision {r}",
@@ -648,7 +648,7 @@ fn scale_initial_lists_and_one_pod_event() {
     let t = Instant::now();
     let f = p.flush(at()).unwrap();
     let compiled = t.elapsed();
-    hub.update(p.state().unwrap().clone(), p.assignment());
+    hub.update(p.publishable_state().unwrap(), p.assignment());
     let published = t.elapsed();
     println!(
         "one pod relabel: compile {compiled:?} ({} compiler call), compile + publish {published:?}",
