@@ -1,3 +1,4 @@
 //! Bulkhead controller library. [`sync`]: the policy sync server the enforcers connect to.
 
+pub mod status;
 pub mod sync;
