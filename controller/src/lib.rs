@@ -1,4 +1,5 @@
 //! Bulkhead controller library. [`sync`]: the policy sync server the enforcers connect to.
 
+pub mod leader;
 pub mod status;
 pub mod sync;
