@@ -18,8 +18,11 @@
 //!   `renew_deadline` has passed since the last successful renewal. `renew_deadline` is shorter
 //!   than `lease_duration`, so it stops acting before anyone else may take over. After stepping
 //!   down it goes on as a candidate.
-//! - On shutdown a leader releases the Lease (clears the holder, `leaseDurationSeconds: 1`), so
-//!   a successor takes over without waiting for the lease to expire.
+//! - On shutdown it stops leading, then releases the Lease if it still names this replica
+//!   (clears the holder, `leaseDurationSeconds: 1`), so a successor takes over without waiting
+//!   for the lease to expire. That covers a leader, one that stepped down after failed
+//!   renewals, and one stopped while its write was in flight; a replica that never wrote the
+//!   lease, or saw another holder since, makes no request.
 //!
 //! Timing uses tokio's clock (`tokio::time`), so tests run it with paused time.
 
@@ -163,6 +166,9 @@ pub struct LeaderElector {
     observed: Option<Observed>,
     /// When the lease was last acquired or renewed by this replica.
     renewed: Option<Instant>,
+    /// The lease may name this replica: it wrote the lease (or sent a write whose answer it
+    /// did not see) and has not seen another holder since. Shutdown then releases it.
+    may_hold: bool,
 }
 
 impl LeaderElector {
@@ -177,6 +183,7 @@ impl LeaderElector {
             state: watch::Sender::new(false),
             observed: None,
             renewed: None,
+            may_hold: false,
         })
     }
 
@@ -186,15 +193,17 @@ impl LeaderElector {
         self.state.subscribe()
     }
 
-    /// Campaigns for and holds the lease until `shutdown` completes, then releases it if this
-    /// replica is the leader. Request failures are logged and retried; the error returned is
-    /// the release's.
+    /// Campaigns for and holds the lease until `shutdown` completes, then stops leading and
+    /// releases the lease if it may name this replica. Request failures are logged and
+    /// retried; the error returned is the release's.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), LeaderError> {
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
+            // An attempt that has its answer settles before shutdown is looked at.
             let attempt = tokio::select! {
-                () = &mut shutdown => break,
+                biased;
                 attempt = self.attempt() => attempt,
+                () = &mut shutdown => break,
             };
             self.settle(attempt);
             tokio::select! {
@@ -202,9 +211,8 @@ impl LeaderElector {
                 () = tokio::time::sleep(self.config.retry_period) => {}
             }
         }
-        let was_leader = *self.state.borrow();
         self.set_leader(false);
-        if was_leader {
+        if self.may_hold {
             self.release().await
         } else {
             Ok(())
@@ -250,6 +258,7 @@ impl LeaderElector {
                 self.set_leader(true);
             }
             Ok(Attempt::HeldBy(holder)) => {
+                self.may_hold = false;
                 if self.is_leader() {
                     tracing::warn!(%lease, %holder, "another replica took the lease: stepping down");
                 } else {
@@ -336,6 +345,7 @@ impl LeaderElector {
                     ..LeaseSpec::default()
                 }),
             };
+            self.may_hold = true;
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(created) => Ok(self.record(created, now)),
                 Err(kube::Error::Api(status)) if status.code == 409 => Ok(Attempt::Conflict),
@@ -383,6 +393,7 @@ impl LeaderElector {
             metadata: current.metadata,
             spec: Some(spec),
         };
+        self.may_hold = true;
         Ok(match self.write(&update).await? {
             Some(updated) => self.record(updated, now),
             None => Attempt::Conflict,

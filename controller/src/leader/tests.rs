@@ -82,11 +82,41 @@ impl Harness {
         call
     }
 
+    /// Answers the read with a released lease (resourceVersion 3) and returns the update
+    /// taking it.
+    async fn expect_takeover_of_released(&mut self) -> Call {
+        self.expect_get()
+            .await
+            .respond(StatusCode::OK, &lease(None, 3, 1));
+        let call = self.server.next().await;
+        call.expect(Method::PUT, &format!("{LEASE}?"));
+        assert_eq!(call.body["metadata"]["resourceVersion"], "3");
+        call
+    }
+
     /// Answers the next read with the lease held by another replica, at `version`.
     async fn show_other_holder(&mut self, version: u32) {
         self.expect_get()
             .await
             .respond(StatusCode::OK, &lease(Some("other"), version, 1));
+    }
+
+    /// Answers every read with an error until the elector steps down; returns how many.
+    async fn fail_until_stepped_down(&mut self) -> usize {
+        let mut failures = 0;
+        loop {
+            tokio::select! {
+                stepped_down = self.leader.wait_for(|l| !*l) => {
+                    stepped_down.expect("elector alive");
+                    return failures;
+                }
+                call = self.server.next() => {
+                    call.expect(Method::GET, LEASE);
+                    failures += 1;
+                    call.respond_error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable");
+                }
+            }
+        }
     }
 
     /// Accepts the elector's create or update `call` at `version`; it becomes the leader.
@@ -192,12 +222,7 @@ async fn takes_over_a_lease_that_stopped_being_renewed() {
 #[tokio::test(start_paused = true)]
 async fn losing_the_update_race_is_not_leading() {
     let mut h = start();
-    h.expect_get()
-        .await
-        .respond(StatusCode::OK, &lease(None, 3, 1));
-    let call = h.server.next().await;
-    call.expect(Method::PUT, &format!("{LEASE}?"));
-    assert_eq!(call.body["metadata"]["resourceVersion"], "3");
+    let call = h.expect_takeover_of_released().await;
     assert_eq!(call.body["spec"]["leaseTransitions"], 2);
     call.respond_error(StatusCode::CONFLICT, "Conflict");
     // The winner's lease shows up on the next read.
@@ -247,20 +272,7 @@ async fn renews_while_leading_and_steps_down_when_renewals_fail() {
         assert!(*h.leader.borrow());
     }
     // The API server fails every read until the renew deadline passes.
-    let mut failures = 0;
-    loop {
-        tokio::select! {
-            stepped_down = h.leader.wait_for(|l| !*l) => {
-                stepped_down.unwrap();
-                break;
-            }
-            call = h.server.next() => {
-                call.expect(Method::GET, LEASE);
-                failures += 1;
-                call.respond_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError");
-            }
-        }
-    }
+    let failures = h.fail_until_stepped_down().await;
     assert!(failures > 1, "stepped down at the first failure");
     // It goes on as a candidate.
     h.show_other_holder(9).await;
@@ -276,6 +288,22 @@ async fn a_renewal_without_answer_steps_down_at_the_deadline() {
     drop(unanswered);
     h.show_other_holder(2).await;
     h.shut_down(None).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn stepped_down_but_still_named_it_releases_on_shutdown() {
+    let mut h = leading().await;
+    h.fail_until_stepped_down().await;
+    h.shut_down(Some((1, 0))).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn stopped_during_its_takeover_write_it_releases() {
+    let mut h = start();
+    let unanswered = h.expect_takeover_of_released().await;
+    // The write may have landed; the release reads the lease and finds it named.
+    h.shut_down(Some((4, 2))).await;
+    drop(unanswered);
 }
 
 #[tokio::test(start_paused = true)]
