@@ -410,7 +410,7 @@ impl LeaderElector {
     }
 
     /// Clears the holder if it is still this replica, bounded by the renew deadline.
-    async fn release(&mut self) -> Result<(), LeaderError> {
+    async fn release(&self) -> Result<(), LeaderError> {
         let timeout = self.config.renew_deadline;
         tokio::time::timeout(timeout, self.try_release())
             .await
@@ -422,7 +422,7 @@ impl LeaderElector {
             })
     }
 
-    async fn try_release(&mut self) -> Result<(), LeaderError> {
+    async fn try_release(&self) -> Result<(), LeaderError> {
         let lease = self.config.lease_name();
         let Some(current) = self.read().await? else {
             return Ok(());

@@ -90,6 +90,14 @@ pub enum StatusError {
     },
 }
 
+impl StatusError {
+    /// The API server answered 404: the policy was deleted before its status was written
+    /// (a race the caller usually ignores).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StatusError::Patch { source: kube::Error::Api(status), .. } if status.code == 404)
+    }
+}
+
 /// What the controller knows about one policy generation; the input of [`build_status`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct StatusInput {
@@ -200,6 +208,10 @@ fn find_condition<'a>(status: &'a PolicyStatus, type_: &str) -> Option<&'a Condi
 }
 
 /// Writes policy statuses by server-side apply to the `status` subresource.
+///
+/// The `stored` status a caller passes usually comes from a reflector, which may not yet show
+/// this writer's last write; the write is then repeated (harmless), and a condition that
+/// changed in that write gets a `lastTransitionTime` a few moments later than the first.
 #[derive(Clone)]
 pub struct StatusWriter {
     client: Client,

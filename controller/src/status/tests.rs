@@ -446,10 +446,24 @@ async fn refused_apply_is_an_error_naming_the_policy() {
     call.respond_error(StatusCode::FORBIDDEN, "Forbidden");
     let error = task.await.unwrap().unwrap_err();
     assert!(matches!(error, StatusError::Patch { .. }), "{error:?}");
+    assert!(!error.is_not_found());
     assert_eq!(
         error.to_string(),
         "SegmentationPolicy shop/web: writing the status failed"
     );
+    server.expect_no_more().await;
+}
+
+#[tokio::test]
+async fn a_deleted_policy_is_not_found() {
+    let (client, mut server) = mock_client();
+    let writer = StatusWriter::new(client);
+    let task = tokio::spawn(async move { writer.reconcile(&input(Ok(()), 1, 0), None).await });
+    server
+        .next()
+        .await
+        .respond_error(StatusCode::NOT_FOUND, "NotFound");
+    assert!(task.await.unwrap().unwrap_err().is_not_found());
     server.expect_no_more().await;
 }
 
