@@ -141,6 +141,10 @@ pub struct Config {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SockDecision {
     pub revision: u64,
+    /// A listener's own socket cookie, set with [`SOCK_DECISION_PASSIVE`]: the key of the
+    /// `FLOWS` entries its SYNs record. Cloned into the sockets it accepts, whose first packet
+    /// then follows the decision their SYN got instead of deciding again. 0 otherwise.
+    pub listener_cookie: u64,
     pub rule_id: u32,
     pub verdict: u8,
     pub reason: u8,
@@ -223,7 +227,7 @@ const _: () = {
     assert!(core::mem::size_of::<DefaultKey>() == 8);
     assert!(core::mem::size_of::<WorkloadValue>() == 8);
     assert!(core::mem::size_of::<Config>() == 16);
-    assert!(core::mem::size_of::<SockDecision>() == 16);
+    assert!(core::mem::size_of::<SockDecision>() == 24);
     assert!(core::mem::size_of::<VerdictEvent>() == 96);
     assert!(core::mem::size_of::<FlowKey>() == 32);
     assert!(core::mem::size_of::<FlowValue>() == 32);

@@ -137,6 +137,7 @@ pub fn try_connect(ctx: &SockAddrContext, v6: bool) -> Result<bool, i64> {
         unsafe {
             *slot = SockDecision {
                 revision,
+                listener_cookie: 0,
                 rule_id: d.rule_id,
                 verdict: d.verdict,
                 reason: d.reason,
