@@ -133,8 +133,16 @@ pub struct Config {
     pub revision: u64,
     /// Identity given to processes in no known workload cgroup; `identity::UNMANAGED` = not enforced.
     pub unmanaged_identity: u32,
-    pub flags: u32,
+    /// Cgroup levels (absolute: the hierarchy's root is 0) at which the ancestors of a cgroup
+    /// that is not in `WORKLOADS` are looked up, deepest first, the first hit deciding: a pod's
+    /// cgroup then covers every container cgroup below it from the moment it exists. Both 0:
+    /// only the cgroup itself is looked up. At most [`MAX_ANCESTOR_LEVELS`] levels.
+    pub ancestor_from: u16,
+    pub ancestor_to: u16,
 }
+
+/// How many ancestor levels `Config::ancestor_from..=ancestor_to` may span.
+pub const MAX_ANCESTOR_LEVELS: u16 = 4;
 
 /// Per-socket cached decision (socket storage).
 #[repr(C)]

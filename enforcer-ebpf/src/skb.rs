@@ -24,7 +24,8 @@ use core::{ffi::c_void, ptr};
 use aya_ebpf::{
     bindings::bpf_sock,
     helpers::generated::{
-        bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_sk_fullsock, bpf_skb_cgroup_id,
+        bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_sk_fullsock, bpf_skb_ancestor_cgroup_id,
+        bpf_skb_cgroup_id,
     },
     programs::SkBuffContext,
 };
@@ -80,7 +81,7 @@ impl View {
 /// whole content, so the slow path would reach the same verdict.
 #[inline(always)]
 pub fn try_skb(ctx: &SkBuffContext, hook_dir: u8) -> Result<bool, i64> {
-    let (revision, unmanaged) = maps::config();
+    let (revision, settings) = maps::config();
     let sk = full_socket(ctx);
     let slot = maps::sock_storage(sk, false);
     if !slot.is_null() && !sk.is_null() {
@@ -98,7 +99,11 @@ pub fn try_skb(ctx: &SkBuffContext, hook_dir: u8) -> Result<bool, i64> {
     };
     // SAFETY: the context's skb pointer is valid for the whole program.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
-    let Some(local) = maps::local_identity(cgroup_id, unmanaged) else {
+    let ancestor = |level: u16| {
+        // SAFETY: as above; the helper reads the skb's socket's cgroup.
+        unsafe { bpf_skb_ancestor_cgroup_id(ctx.skb.skb, i32::from(level)) }
+    };
+    let Some(local) = maps::local_identity(cgroup_id, &settings, ancestor) else {
         return Ok(true);
     };
     // SAFETY: as above; bpf_get_socket_cookie accepts an skb.
