@@ -1,0 +1,360 @@
+//! Cluster mode end to end on a real kernel: the controller's sync server in process (dev mode,
+//! loopback), the real `enforcer run --controller --node-name` binary, pods as a kubelet lays
+//! them out (systemd driver, three QoS classes, containers below the pod cgroups) with
+//! workloads in network namespaces, real traffic. Needs root and BPF; elsewhere it skips with a
+//! message (or fails when `BULKHEAD_REQUIRE_KERNEL_TESTS=1`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use bulkhead_controller::sync::{NodeAssignment, SyncHub, serve};
+use bulkhead_policy::{CompiledState, Compiler, Inventory, PolicySet, WorkloadRef};
+use bulkhead_proto::security::Security;
+use bulkhead_tests::agent::{AgentRun, InventoryWorkload, inventory_yaml};
+use bulkhead_tests::cgroup::CgroupDir;
+use bulkhead_tests::netns::{TestNet, skip_kernel_tests};
+use bulkhead_tests::workload::{ProbeResult, Proto, Server, Workload};
+
+const NODE: &str = "node-1";
+const UID_A: &str = "6f1c2a3b-0000-4000-8000-00000000000a";
+const UID_B: &str = "6f1c2a3b-0000-4000-8000-00000000000b";
+const UID_C: &str = "6f1c2a3b-0000-4000-8000-00000000000c";
+
+/// `b` admits TCP port `port` from `a`; `c` admits nothing (isolated, no rule).
+fn policies(port: u16) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+metadata: {{name: b-ingress, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: b}}}}\n  \
+ingress:\n  - from: [{{podSelector: {{matchLabels: {{pod: a}}}}}}]\n    ports: [{{protocol: TCP, port: {port}}}]\n\
+---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+metadata: {{name: c-isolated, namespace: x}}\nspec:\n  podSelector: {{matchLabels: {{pod: c}}}}\n  \
+policyTypes: [Ingress]\n"
+    )
+}
+
+/// Cgroup directories removed deepest first.
+struct Tree(Vec<CgroupDir>);
+
+impl Tree {
+    fn mkdir(&mut self, parent: &Path, rel: &str) -> std::path::PathBuf {
+        let path = parent.join(rel);
+        let dir = CgroupDir::create(
+            path.parent().unwrap(),
+            &path.file_name().unwrap().to_string_lossy(),
+        )
+        .unwrap_or_else(|e| panic!("cgroup {}: {e}", path.display()));
+        self.0.push(dir);
+        path
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        while let Some(dir) = self.0.pop() {
+            drop(dir);
+        }
+    }
+}
+
+/// `w` living in the container cgroup `dir` instead of its own.
+fn in_container(w: &Workload, dir: &Path) -> Workload {
+    let mut moved = w.clone();
+    moved.cgroup_path = dir.to_path_buf();
+    moved.cgroup_id = enforcer::datapath::cgroup_id(dir).unwrap();
+    moved
+}
+
+/// The controller's sync server on its own runtime: shutting the runtime down drops every
+/// connection at once, as a crashed controller would.
+fn start_controller(hub: &SyncHub, addr: SocketAddr) -> (tokio::runtime::Runtime, SocketAddr) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut bound = None;
+    for _ in 0..50 {
+        match rt.block_on(tokio::net::TcpListener::bind(addr)) {
+            Ok(l) => {
+                bound = Some(l);
+                break;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    let listener = bound.expect("bind the controller's port");
+    let local = listener.local_addr().unwrap();
+    let hub = hub.clone();
+    rt.spawn(async move {
+        serve(
+            hub,
+            listener,
+            &Security::DevPlaintext,
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+    });
+    (rt, local)
+}
+
+/// Waits (up to 30 s) until `cond` holds.
+fn wait(agent: &AgentRun, what: &str, cond: &mut dyn FnMut() -> bool) {
+    assert!(
+        agent.wait_until(Duration::from_secs(30), cond),
+        "{what}; enforcer stderr:\n{}",
+        agent.stderr()
+    );
+}
+
+fn realized(hub: &SyncHub) -> bool {
+    hub.realized().contains_key(NODE) && hub.realized().get(NODE) == hub.desired().get(NODE)
+}
+
+struct Probe<'a>(&'a TestNet);
+
+impl Probe<'_> {
+    fn tcp(&self, from: &Workload, to: &Workload, port: u16) -> ProbeResult {
+        self.0.probe(from, IpAddr::V4(to.ipv4), port, Proto::Tcp)
+    }
+
+    /// A short probe, for attempts expected to be dropped.
+    fn dropped(&self, from: &Workload, to: &Workload, port: u16) -> bool {
+        self.0.probe_with_timeout(
+            from,
+            IpAddr::V4(to.ipv4),
+            port,
+            Proto::Tcp,
+            Duration::from_millis(300),
+        ) == ProbeResult::Timeout
+    }
+}
+
+#[test]
+fn cluster_mode_enforces_the_controllers_view_through_pod_cgroups_and_outlives_the_controller() {
+    if skip_kernel_tests("cluster mode") {
+        return;
+    }
+    let mut net = TestNet::new("cluster").expect("test network");
+    let own = |net: &mut TestNet, name: &str, last: u8| {
+        net.add_workload(
+            name,
+            format!("10.200.41.{last}").parse().unwrap(),
+            format!("fd00:200::41:{last}").parse().unwrap(),
+        )
+        .expect("workload")
+    };
+    let (a0, b0, c0) = (
+        own(&mut net, "a", 1),
+        own(&mut net, "b", 2),
+        own(&mut net, "c", 3),
+    );
+    let root = net.cgroup_parent().to_path_buf();
+    let (ua, ub, uc) = (
+        UID_A.replace('-', "_"),
+        UID_B.replace('-', "_"),
+        UID_C.replace('-', "_"),
+    );
+    // The kubelet's systemd layout: a Burstable, b Guaranteed, c BestEffort (created later).
+    let mut tree = Tree(Vec::new());
+    tree.mkdir(&root, "kubepods.slice");
+    tree.mkdir(&root, "kubepods.slice/kubepods-burstable.slice");
+    tree.mkdir(&root, "kubepods.slice/kubepods-besteffort.slice");
+    let pod_a = tree.mkdir(
+        &root,
+        &format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{ua}.slice"),
+    );
+    let a = in_container(&a0, &tree.mkdir(&pod_a, "cri-containerd-a.scope"));
+    let pod_b = tree.mkdir(&root, &format!("kubepods.slice/kubepods-pod{ub}.slice"));
+    tree.mkdir(&pod_b, "cri-containerd-pause-b.scope");
+    let b = in_container(&b0, &tree.mkdir(&pod_b, "cri-containerd-b.scope"));
+
+    let inventory = Inventory::from_yaml_str(
+        "inventory.yaml",
+        &inventory_yaml(
+            &[("x", "{}")],
+            &[
+                ("a", "{pod: a}", &a),
+                ("b", "{pod: b}", &b),
+                ("c", "{pod: c}", &c0),
+            ]
+            .map(|(name, labels, workload)| InventoryWorkload {
+                namespace: "x",
+                name,
+                labels,
+                workload,
+            }),
+        ),
+    )
+    .unwrap();
+    let mut compiler = Compiler::default();
+    let mut compile = |port: u16| -> CompiledState {
+        let set = PolicySet::from_yaml_str("policies.yaml", &policies(port)).unwrap();
+        compiler
+            .compile(&set, &inventory, jiff::Timestamp::now())
+            .unwrap()
+    };
+    let mut assignment: NodeAssignment = NodeAssignment::new();
+    let pods = assignment.entry(NODE.into()).or_default();
+    for (name, uid) in [("a", UID_A), ("b", UID_B), ("c", UID_C)] {
+        pods.insert(WorkloadRef::new("x", name), uid.into());
+    }
+
+    let hub = SyncHub::default();
+    hub.update(compile(80), &assignment);
+    let (controller, addr) = start_controller(&hub, "127.0.0.1:0".parse().unwrap());
+    let mut agent = AgentRun::new(&net).expect("agent files");
+    agent
+        .start_cluster(&format!("http://{addr}"), NODE)
+        .expect("start the enforcer");
+    let _servers: Vec<Server> = [&a, &b]
+        .iter()
+        .map(|w| w.serve(&[80, 81], Proto::Tcp).expect("server"))
+        .collect();
+    let probe = Probe(&net);
+
+    // 1. The first snapshot: b admits a on 80 only; a is not isolated.
+    wait(&agent, "the snapshot is never acknowledged", &mut || {
+        realized(&hub)
+    });
+    assert_eq!(probe.tcp(&a, &b, 80), ProbeResult::Connected);
+    assert!(
+        probe.dropped(&a, &b, 81),
+        "b is isolated: 81 is not admitted"
+    );
+    assert_eq!(probe.tcp(&b, &a, 81), ProbeResult::Connected);
+
+    // 2. Pod c is in the view before its cgroup exists; the kubelet creates it, then the
+    // container: the enforcer maps both as they appear, and c's server is isolated.
+    let pod_c = tree.mkdir(
+        &root,
+        &format!("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uc}.slice"),
+    );
+    let c = in_container(&c0, &tree.mkdir(&pod_c, "cri-containerd-c.scope"));
+    let _server_c = c.serve(&[80], Proto::Tcp).expect("server c");
+    wait(
+        &agent,
+        "c's new container cgroup is never enforced",
+        &mut || probe.dropped(&a, &c, 80),
+    );
+
+    // 3. A changed policy arrives as a delta: 81 instead of 80.
+    hub.update(compile(81), &assignment);
+    wait(&agent, "the delta is never acknowledged", &mut || {
+        realized(&hub)
+    });
+    assert_eq!(probe.tcp(&a, &b, 81), ProbeResult::Connected);
+    assert!(probe.dropped(&a, &b, 80), "80 is no longer admitted");
+
+    // 4. The controller dies: the enforcer stays up and the last state keeps enforcing.
+    controller.shutdown_background();
+    assert!(agent.running(), "stderr:\n{}", agent.stderr());
+    assert_eq!(probe.tcp(&a, &b, 81), ProbeResult::Connected);
+    assert!(probe.dropped(&a, &b, 80));
+    assert!(probe.dropped(&a, &c, 80));
+
+    // 5. A change published while it is down reaches the node once it is back (resumed from
+    // the held revision).
+    let before = hub.realized()[NODE];
+    hub.update(compile(80), &assignment);
+    let (controller, _) = start_controller(&hub, addr);
+    wait(
+        &agent,
+        "the resumed sync is never acknowledged",
+        &mut || realized(&hub) && hub.realized()[NODE] > before,
+    );
+    assert_eq!(probe.tcp(&a, &b, 80), ProbeResult::Connected);
+    assert!(probe.dropped(&a, &b, 81));
+
+    // 6. Verdicts name the pods the cgroups belong to.
+    wait(&agent, "no verdict record names pod x/b", &mut || {
+        agent
+            .log_records()
+            .iter()
+            .any(|r| r["direction"] == "ingress" && r["dst"]["workload"] == "x/b")
+    });
+
+    // 7. The enforcer is killed: the pinned maps keep enforcing; a new process adopts them and
+    // enforces the next change.
+    agent.kill();
+    assert!(
+        probe.dropped(&a, &b, 81),
+        "enforcement outlives the process"
+    );
+    assert_eq!(probe.tcp(&a, &b, 80), ProbeResult::Connected);
+    let before = hub.realized()[NODE];
+    agent
+        .start_cluster(&format!("http://{addr}"), NODE)
+        .expect("restart the enforcer");
+    hub.update(compile(81), &assignment);
+    wait(
+        &agent,
+        "the restarted enforcer never acknowledges",
+        &mut || realized(&hub) && hub.realized()[NODE] > before,
+    );
+    assert!(agent.stderr().contains("Adopted"), "{}", agent.stderr());
+    assert_eq!(probe.tcp(&a, &b, 81), ProbeResult::Connected);
+    assert!(probe.dropped(&a, &b, 80));
+    assert!(probe.dropped(&a, &c, 80));
+
+    // 8. SIGTERM: the enforcer exits, the pinned maps keep enforcing.
+    agent.stop();
+    assert!(!agent.running());
+    assert!(
+        probe.dropped(&a, &b, 80),
+        "enforcement outlives the process"
+    );
+    assert_eq!(probe.tcp(&a, &b, 81), ProbeResult::Connected);
+    controller.shutdown_background();
+}
+
+#[test]
+fn bad_cluster_flags_exit_2_before_touching_the_kernel() {
+    let binary = bulkhead_tests::agent::enforcer_binary().expect("enforcer binary");
+    let bpffs = std::env::temp_dir().join(format!("bulkhead-badflags-{}", std::process::id()));
+    let missing = bpffs.join("missing.pem");
+    let missing = missing.to_str().unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[
+                "--controller=http://10.1.2.3:9443",
+                "--node-name=n",
+                "--insecure",
+            ],
+            "loopback",
+        ),
+        (
+            &["--controller=https://ctl:9443", "--node-name=n"],
+            "--tls-cert",
+        ),
+        (
+            &[
+                "--controller=https://ctl:9443",
+                "--node-name=n",
+                &format!("--tls-cert={missing}"),
+                &format!("--tls-key={missing}"),
+                &format!("--tls-ca={missing}"),
+            ],
+            "missing.pem",
+        ),
+        (
+            &["--controller=http://127.0.0.1:1", "--insecure"],
+            "--node-name",
+        ),
+    ];
+    for (args, says) in cases {
+        let out = std::process::Command::new(&binary)
+            .arg("run")
+            .args(args)
+            .arg("--bpffs")
+            .arg(&bpffs)
+            .arg("--no-metrics")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?} must say {says}: {stderr}");
+        assert!(!bpffs.exists(), "{args:?} touched {}", bpffs.display());
+    }
+}
