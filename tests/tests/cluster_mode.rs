@@ -131,25 +131,97 @@ impl Probe<'_> {
     }
 }
 
+/// Three workloads (their network namespaces; their cgroups are replaced by kubelet-layout
+/// ones), on `10.200.<subnet>.1-3`.
+fn three_workloads(net: &mut TestNet, subnet: u8) -> [Workload; 3] {
+    ["a", "b", "c"].map(|name| {
+        let last = name.as_bytes()[0] - b'a' + 1;
+        net.add_workload(
+            name,
+            format!("10.200.{subnet}.{last}").parse().unwrap(),
+            format!("fd00:200::{subnet}:{last}").parse().unwrap(),
+        )
+        .expect("workload")
+    })
+}
+
+/// The inventory of pods x/a, x/b, x/c (labels `pod: <name>`), and their placement on `NODE`.
+fn cluster(workloads: [&Workload; 3]) -> (Inventory, NodeAssignment) {
+    let inventory = Inventory::from_yaml_str(
+        "inventory.yaml",
+        &inventory_yaml(
+            &[("x", "{}")],
+            &[("a", "{pod: a}"), ("b", "{pod: b}"), ("c", "{pod: c}")]
+                .iter()
+                .zip(workloads)
+                .map(|(&(name, labels), workload)| InventoryWorkload {
+                    namespace: "x",
+                    name,
+                    labels,
+                    workload,
+                })
+                .collect::<Vec<_>>(),
+        ),
+    )
+    .unwrap();
+    let mut assignment = NodeAssignment::new();
+    let pods = assignment.entry(NODE.into()).or_default();
+    for (name, uid) in [("a", UID_A), ("b", UID_B), ("c", UID_C)] {
+        pods.insert(WorkloadRef::new("x", name), uid.into());
+    }
+    (inventory, assignment)
+}
+
+fn compile_policies(compiler: &mut Compiler, inventory: &Inventory, port: u16) -> CompiledState {
+    let set = PolicySet::from_yaml_str("policies.yaml", &policies(port)).unwrap();
+    compiler
+        .compile(&set, inventory, jiff::Timestamp::now())
+        .unwrap()
+}
+
+/// The controller serving `hub`, the enforcer in cluster mode, and TCP servers on 80 and 81 in
+/// each of `serving`.
+fn start_node(
+    net: &TestNet,
+    hub: &SyncHub,
+    serving: &[&Workload],
+) -> (tokio::runtime::Runtime, SocketAddr, AgentRun, Vec<Server>) {
+    let (controller, addr) = start_controller(hub, "127.0.0.1:0".parse().unwrap());
+    let mut agent = AgentRun::new(net).expect("agent files");
+    agent
+        .start_cluster(&format!("http://{addr}"), NODE)
+        .expect("start the enforcer");
+    let servers = serving
+        .iter()
+        .map(|w| w.serve(&[80, 81], Proto::Tcp).expect("server"))
+        .collect();
+    (controller, addr, agent, servers)
+}
+
+/// The snapshot of port 80 is acknowledged and enforced: b admits a on 80 only; a is not
+/// isolated.
+fn first_snapshot_enforced(
+    agent: &AgentRun,
+    hub: &SyncHub,
+    probe: &Probe<'_>,
+    a: &Workload,
+    b: &Workload,
+) {
+    wait(agent, "the snapshot is never acknowledged", &mut || {
+        realized(hub)
+    });
+    assert_eq!(probe.tcp(a, b, 80), ProbeResult::Connected);
+    assert!(probe.dropped(a, b, 81), "b is isolated: 81 is not admitted");
+    assert_eq!(probe.tcp(b, a, 81), ProbeResult::Connected);
+}
+
 #[test]
 fn cluster_mode_enforces_the_controllers_view_through_pod_cgroups_and_outlives_the_controller() {
     if skip_kernel_tests("cluster mode") {
         return;
     }
     let mut net = TestNet::new("cluster").expect("test network");
-    let own = |net: &mut TestNet, name: &str, last: u8| {
-        net.add_workload(
-            name,
-            format!("10.200.41.{last}").parse().unwrap(),
-            format!("fd00:200::41:{last}").parse().unwrap(),
-        )
-        .expect("workload")
-    };
-    let (a0, b0, c0) = (
-        own(&mut net, "a", 1),
-        own(&mut net, "b", 2),
-        own(&mut net, "c", 3),
-    );
+    let [a0, b0, c0] = three_workloads(&mut net, 41);
     let root = net.cgroup_parent().to_path_buf();
     let (ua, ub, uc) = (
         UID_A.replace('-', "_"),
@@ -170,60 +242,17 @@ fn cluster_mode_enforces_the_controllers_view_through_pod_cgroups_and_outlives_t
     tree.mkdir(&pod_b, "cri-containerd-pause-b.scope");
     let b = in_container(&b0, &tree.mkdir(&pod_b, "cri-containerd-b.scope"));
 
-    let inventory = Inventory::from_yaml_str(
-        "inventory.yaml",
-        &inventory_yaml(
-            &[("x", "{}")],
-            &[
-                ("a", "{pod: a}", &a),
-                ("b", "{pod: b}", &b),
-                ("c", "{pod: c}", &c0),
-            ]
-            .map(|(name, labels, workload)| InventoryWorkload {
-                namespace: "x",
-                name,
-                labels,
-                workload,
-            }),
-        ),
-    )
-    .unwrap();
+    let (inventory, assignment) = cluster([&a, &b, &c0]);
     let mut compiler = Compiler::default();
-    let mut compile = |port: u16| -> CompiledState {
-        let set = PolicySet::from_yaml_str("policies.yaml", &policies(port)).unwrap();
-        compiler
-            .compile(&set, &inventory, jiff::Timestamp::now())
-            .unwrap()
-    };
-    let mut assignment: NodeAssignment = NodeAssignment::new();
-    let pods = assignment.entry(NODE.into()).or_default();
-    for (name, uid) in [("a", UID_A), ("b", UID_B), ("c", UID_C)] {
-        pods.insert(WorkloadRef::new("x", name), uid.into());
-    }
+    let mut compile = |port| compile_policies(&mut compiler, &inventory, port);
 
     let hub = SyncHub::default();
     hub.update(compile(80), &assignment);
-    let (controller, addr) = start_controller(&hub, "127.0.0.1:0".parse().unwrap());
-    let mut agent = AgentRun::new(&net).expect("agent files");
-    agent
-        .start_cluster(&format!("http://{addr}"), NODE)
-        .expect("start the enforcer");
-    let _servers: Vec<Server> = [&a, &b]
-        .iter()
-        .map(|w| w.serve(&[80, 81], Proto::Tcp).expect("server"))
-        .collect();
+    let (controller, addr, mut agent, _servers) = start_node(&net, &hub, &[&a, &b]);
     let probe = Probe(&net);
 
     // 1. The first snapshot: b admits a on 80 only; a is not isolated.
-    wait(&agent, "the snapshot is never acknowledged", &mut || {
-        realized(&hub)
-    });
-    assert_eq!(probe.tcp(&a, &b, 80), ProbeResult::Connected);
-    assert!(
-        probe.dropped(&a, &b, 81),
-        "b is isolated: 81 is not admitted"
-    );
-    assert_eq!(probe.tcp(&b, &a, 81), ProbeResult::Connected);
+    first_snapshot_enforced(&agent, &hub, &probe, &a, &b);
 
     // 2. Pod c is in the view before its cgroup exists; the kubelet creates it, then the
     // container: the enforcer maps both as they appear, and c's server is isolated.
@@ -357,4 +386,39 @@ fn bad_cluster_flags_exit_2_before_touching_the_kernel() {
         assert!(stderr.contains(says), "{args:?} must say {says}: {stderr}");
         assert!(!bpffs.exists(), "{args:?} touched {}", bpffs.display());
     }
+}
+
+#[test]
+fn cluster_mode_finds_pods_of_the_cgroupfs_driver() {
+    if skip_kernel_tests("cluster mode") {
+        return;
+    }
+    let mut net = TestNet::new("cgroupfs").expect("test network");
+    let [a0, b0, c0] = three_workloads(&mut net, 42);
+    let root = net.cgroup_parent().to_path_buf();
+    // The kubelet's cgroupfs layout: a Guaranteed, b Burstable, c BestEffort.
+    let mut tree = Tree(Vec::new());
+    for dir in ["kubepods", "kubepods/burstable", "kubepods/besteffort"] {
+        tree.mkdir(&root, dir);
+    }
+    let mut container = |pod: String, w: &Workload| {
+        let pod = tree.mkdir(&root, &pod);
+        in_container(w, &tree.mkdir(&pod, "0123456789abcdef"))
+    };
+    let a = container(format!("kubepods/pod{UID_A}"), &a0);
+    let b = container(format!("kubepods/burstable/pod{UID_B}"), &b0);
+    let c = container(format!("kubepods/besteffort/pod{UID_C}"), &c0);
+    let (inventory, assignment) = cluster([&a, &b, &c]);
+    let hub = SyncHub::default();
+    hub.update(
+        compile_policies(&mut Compiler::default(), &inventory, 80),
+        &assignment,
+    );
+    let (controller, _, mut agent, _servers) = start_node(&net, &hub, &[&a, &b, &c]);
+    let probe = Probe(&net);
+    first_snapshot_enforced(&agent, &hub, &probe, &a, &b);
+    assert!(probe.dropped(&a, &c, 80), "c is isolated");
+    assert!(agent.stderr().contains("Cgroupfs"), "{}", agent.stderr());
+    agent.stop();
+    controller.shutdown_background();
 }
