@@ -15,6 +15,7 @@ use bulkhead_tests::agent::{AgentRun, InventoryWorkload, inventory_yaml};
 use bulkhead_tests::cgroup::CgroupDir;
 use bulkhead_tests::netns::{TestNet, skip_kernel_tests};
 use bulkhead_tests::workload::{ProbeResult, Proto, Server, Workload};
+use enforcer::datapath::Datapath;
 
 const NODE: &str = "node-1";
 const UID_A: &str = "6f1c2a3b-0000-4000-8000-00000000000a";
@@ -254,18 +255,27 @@ fn cluster_mode_enforces_the_controllers_view_through_pod_cgroups_and_outlives_t
     // 1. The first snapshot: b admits a on 80 only; a is not isolated.
     first_snapshot_enforced(&agent, &hub, &probe, &a, &b);
 
-    // 2. Pod c is in the view before its cgroup exists; the kubelet creates it, then the
-    // container: the enforcer maps both as they appear, and c's server is isolated.
+    // 2. Pod c is in the view before its cgroup exists. The kubelet creates the pod cgroup,
+    // then the runtime the container's (`runc create`): the enforcer maps both as they appear,
+    // with c's identity. Once mapped, the container's process starts (`runc start`) and its very
+    // first connection is enforced.
     let pod_c = tree.mkdir(
         &root,
         &format!("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uc}.slice"),
     );
     let c = in_container(&c0, &tree.mkdir(&pod_c, "cri-containerd-c.scope"));
+    let pod_c_id = enforcer::datapath::cgroup_id(&pod_c).unwrap();
+    let kernel = Datapath::install_or_adopt(agent.bpffs(), &root).expect("adopt the pins");
+    wait(&agent, "c's cgroups never reach WORKLOADS", &mut || {
+        let workloads = kernel.current().expect("read the maps").workloads;
+        let identity = |id: u64| workloads.get(&id).map(|w| w.identity);
+        let pod = identity(pod_c_id);
+        pod.is_some() && identity(c.cgroup_id) == pod && identity(b.cgroup_id) != pod
+    });
     let _server_c = c.serve(&[80], Proto::Tcp).expect("server c");
-    wait(
-        &agent,
-        "c's new container cgroup is never enforced",
-        &mut || probe.dropped(&a, &c, 80),
+    assert!(
+        probe.dropped(&a, &c, 80),
+        "c's first connection is enforced"
     );
 
     // 3. A changed policy arrives as a delta: 81 instead of 80.
