@@ -277,6 +277,20 @@ fn cluster_mode_enforces_the_controllers_view_through_pod_cgroups_and_outlives_t
         probe.dropped(&a, &c, 80),
         "c's first connection is enforced"
     );
+    // The kernel also finds a container's pod through its ancestors (pod cgroups two and three
+    // levels below the kubelet hierarchy's root): a container whose process starts before the
+    // enforcer has seen its cgroup is enforced from its first packet too.
+    let level = enforcer::datapath::cgroup_level(&root).expect("cgroup level");
+    assert_eq!(
+        kernel.current().expect("read the maps").ancestor_levels,
+        Some((level + 2, level + 3))
+    );
+    let c2 = in_container(&c0, &tree.mkdir(&pod_c, "cri-containerd-c2.scope"));
+    let _server_c2 = c2.serve(&[81], Proto::Tcp).expect("server c2");
+    assert!(
+        probe.dropped(&a, &c2, 81),
+        "a new container of c is enforced at once"
+    );
 
     // 3. A changed policy arrives as a delta: 81 instead of 80.
     hub.update(compile(81), &assignment);

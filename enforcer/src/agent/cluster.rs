@@ -165,7 +165,9 @@ pub async fn run(config: ClusterConfig) -> Result<()> {
         Some(dir) => dir.clone(),
         None => datapath::find_cgroup2_mount().context("finding the cgroup v2 mount")?,
     };
-    let pods = KubeletCgroups::new(root.clone(), config.driver);
+    let level = datapath::cgroup_level(&root)
+        .with_context(|| format!("the cgroup level of {}", root.display()))?;
+    let pods = KubeletCgroups::new(root.clone(), config.driver).at_level(level);
     match crate::cluster::pods::detect(&root) {
         Some(driver) => tracing::info!(?driver, root = %root.display(), "kubelet cgroup hierarchy"),
         None => tracing::warn!(root = %root.display(),

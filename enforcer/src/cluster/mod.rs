@@ -31,6 +31,13 @@ pub trait PodCgroups {
     /// The ids of every cgroup of the pod (its own and its containers'); empty when its cgroup
     /// does not exist.
     fn cgroup_ids(&self, pod_uid: &str) -> Vec<u64>;
+
+    /// The absolute cgroup levels of pod cgroups (`DesiredMaps::ancestor_levels`), when known:
+    /// the kernel then finds a container's pod through its ancestors, even before the
+    /// container's own cgroup is mapped.
+    fn pod_levels(&self) -> Option<(u16, u16)> {
+        None
+    }
 }
 
 /// The kernel maps of a held state, and how its pods were found.
@@ -121,6 +128,7 @@ impl Held {
         let mut maps = DesiredMaps {
             revision: self.revision,
             unmanaged_identity: identity::UNMANAGED,
+            ancestor_levels: cgroups.pod_levels(),
             ..DesiredMaps::default()
         };
         let mut missing = Vec::new();

@@ -85,12 +85,26 @@ pub struct KubeletCgroups {
     root: PathBuf,
     /// `None`: the driver whose layout exists (both are tried).
     forced: Option<Driver>,
+    /// The absolute cgroup level of `root`, when known (see [`Self::at_level`]).
+    root_level: Option<u16>,
 }
 
 impl KubeletCgroups {
     /// Pods under `root`, with the driver forced or detected on each lookup.
     pub fn new(root: PathBuf, forced: Option<Driver>) -> Self {
-        Self { root, forced }
+        Self {
+            root,
+            forced,
+            root_level: None,
+        }
+    }
+
+    /// Declares `root`'s absolute cgroup level, which places the pod cgroups: two levels below
+    /// it for Guaranteed pods (`kubepods.slice/kubepods-pod<u>.slice`, `kubepods/pod<u>`), three
+    /// for Burstable and BestEffort ones, with either driver.
+    pub fn at_level(mut self, level: u16) -> Self {
+        self.root_level = Some(level);
+        self
     }
 
     /// The root of the hierarchy.
@@ -120,6 +134,11 @@ impl KubeletCgroups {
 }
 
 impl PodCgroups for KubeletCgroups {
+    fn pod_levels(&self) -> Option<(u16, u16)> {
+        let base = self.root_level?;
+        Some((base.checked_add(2)?, base.checked_add(3)?))
+    }
+
     fn cgroup_ids(&self, pod_uid: &str) -> Vec<u64> {
         let Some(dir) = self.pod_dir(pod_uid) else {
             return Vec::new();
@@ -267,5 +286,18 @@ mod tests {
             assert!(pods.cgroup_ids(uid).is_empty(), "{uid}");
         }
         assert!(valid_uid(UID));
+    }
+
+    #[test]
+    fn pod_levels_follow_the_roots_level() {
+        let pods = KubeletCgroups::new(PathBuf::from("/nowhere"), None);
+        assert_eq!(
+            pods.pod_levels(),
+            None,
+            "unknown root level: no ancestor lookups"
+        );
+        assert_eq!(pods.at_level(0).pod_levels(), Some((2, 3)));
+        let pods = KubeletCgroups::new(PathBuf::from("/nowhere"), Some(Driver::Cgroupfs));
+        assert_eq!(pods.at_level(4).pod_levels(), Some((6, 7)));
     }
 }
