@@ -1,7 +1,12 @@
-//! Bulkhead controller library. [`cluster`]: the runtime pipeline (watchers -> compiler -> hub);
-//! [`sync`]: the policy sync server the enforcers connect to; [`metrics`]: Prometheus metrics
-//! and health endpoints.
+//! Bulkhead controller library. [`cluster`]: the runtime pipeline (watchers -> compiler -> hub)
+//! and the loop that reports policy status and Events; [`sync`]: the policy sync server the
+//! enforcers connect to; [`status`], [`events`]: what a policy's status and Events say and
+//! writing them; [`leader`]: leader election on a Lease; [`metrics`]: Prometheus metrics and
+//! health endpoints.
 
 pub mod cluster;
+pub mod events;
+pub mod leader;
 pub mod metrics;
+pub mod status;
 pub mod sync;
