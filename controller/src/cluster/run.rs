@@ -188,7 +188,8 @@ impl Controller {
     /// Watches the cluster with `client` and publishes to the hub until a watch ends or the
     /// identity table cannot be kept (the caller stops it by dropping the future). Each call
     /// starts from scratch: it loads the identity table, lists every kind, compiles once and
-    /// publishes, then follows the changes.
+    /// publishes (then the hub serves, see [`SyncHub::set_serving`], and the controller is
+    /// ready), then follows the changes.
     pub async fn run(&self, client: Client) -> Result<(), RunError> {
         let config = &self.inner.config;
         let (mut store, table) = IdentityStore::load(
@@ -335,6 +336,9 @@ impl Controller {
         }
         metrics.publish_seconds.observe(seconds(compiled.elapsed()));
         if !self.inner.ready.swap(true, Ordering::AcqRel) {
+            // A hub that stood by (see `lead`) serves again once it holds this run's state,
+            // never the state of an earlier term.
+            self.inner.hub.set_serving(true);
             tracing::info!(
                 revision = self.inner.hub.revision(),
                 "initial lists compiled and published"
