@@ -1,7 +1,6 @@
 //! Reports each policy's state to the API: its `status` (server-side apply, through
-//! [`StatusWriter`](crate::status::StatusWriter)) and its Events (through
-//! [`PolicyEvents`](crate::events::PolicyEvents)), from the pipeline's
-//! [`PolicyProgress`](super::PolicyProgress), once per interval. Writes happen only when
+//! [`StatusWriter`]) and its Events (through [`PolicyEvents`]), from the pipeline's
+//! [`PolicyProgress`], once per interval. Writes happen only when
 //! something changed (the status writer compares with the stored status), so a steady state
 //! writes nothing. NetworkPolicy objects get Events only (they have no status subresource).
 
