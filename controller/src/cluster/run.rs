@@ -27,6 +27,9 @@ use super::watch::{Lists, Object, Watched};
 use crate::metrics::{KindLabels, Metrics};
 use crate::sync::SyncHub;
 
+/// Pause after a failed compile.
+const COMPILE_RETRY: Duration = Duration::from_secs(1);
+
 /// Settings of [`Controller::run`].
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -299,6 +302,9 @@ impl Controller {
             Err(e) => {
                 tracing::error!(error = %e, "compile failed; the last published state stays");
                 metrics.error("compile");
+                // The inputs are retried with the next batch; a pause keeps a failure that
+                // recurs by itself (a due time window) from spinning.
+                tokio::time::sleep(COMPILE_RETRY).await;
                 return Ok(());
             }
         };
