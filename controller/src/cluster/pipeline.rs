@@ -29,7 +29,7 @@ use jiff::Timestamp;
 
 use super::convert::{PodEntry, PolicyInput};
 use super::subject;
-use crate::sync::NodeAssignment;
+use crate::sync::{NodeAssignment, SyncHub, Touched};
 
 /// What the pipeline could not do.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +110,10 @@ pub struct Pipeline {
     dirty_pods: BTreeSet<WorkloadRef>,
     dirty_policies: BTreeSet<ObjectKey>,
     dirty_nodes: bool,
+    /// Keys changed since the last publication (see [`Pipeline::publish`]).
+    touched: Touched,
+    /// A change since the last publication has no key list (a full compile without a diff).
+    full_publish: bool,
 }
 
 impl Pipeline {
@@ -131,6 +135,8 @@ impl Pipeline {
             dirty_pods: BTreeSet::new(),
             dirty_policies: BTreeSet::new(),
             dirty_nodes: false,
+            touched: Touched::default(),
+            full_publish: true,
         }
     }
 
@@ -255,6 +261,21 @@ impl Pipeline {
         })
     }
 
+    /// Publishes the compiled state and the assignment to `hub`: the keys changed since the
+    /// last publication when every change since has its keys ([`SyncHub::update_touched`], no
+    /// copy of the state), the whole state otherwise (the first publication, full compiles).
+    /// Returns the hub's revision; None before the first compile.
+    pub fn publish(&mut self, hub: &SyncHub) -> Option<u64> {
+        let revision = if self.full_publish {
+            hub.update(self.publishable_state()?, &self.assignment)
+        } else {
+            hub.update_touched(self.state()?, &self.touched, &self.assignment)
+        };
+        self.touched = Touched::default();
+        self.full_publish = false;
+        Some(revision)
+    }
+
     /// The allocation table the compiler holds (the seed before the first flush).
     pub fn table(&self) -> Option<&AllocationTable> {
         match &self.compiler {
@@ -291,6 +312,7 @@ impl Pipeline {
             && c.state().next_change.is_some_and(|t| t <= now)
         {
             let diff = c.set_time(now).map_err(PipelineError::Compile)?;
+            self.touched.add(&diff);
             out.changed |= !diff.is_empty();
             out.compiler_calls += 1;
             out.full_compiles += 1;
@@ -313,6 +335,7 @@ impl Pipeline {
     /// starting from `table`.
     fn start_over(&mut self, table: AllocationTable) {
         self.compiler = None;
+        self.full_publish = true;
         self.seed = Some(table);
         self.applied.clear();
         self.ip_owner.clear();
@@ -398,6 +421,7 @@ impl Pipeline {
         out.changed = true;
         self.compiler = Some(compiled);
         self.seed = None;
+        self.full_publish = true;
         self.dirty_pods.clear();
         self.dirty_policies.clear();
         self.dirty_namespaces.clear();
@@ -536,7 +560,10 @@ impl Pipeline {
                 });
             }
             match Incremental::new(compiler, policies, inventory, at) {
-                Ok(rebuilt) => self.compiler = Some(rebuilt),
+                Ok(rebuilt) => {
+                    self.compiler = Some(rebuilt);
+                    self.full_publish = true;
+                }
                 Err(e) => {
                     // The compiler is gone with its inputs: start over from the same table.
                     self.start_over(table);
@@ -563,6 +590,7 @@ impl Pipeline {
                         let diff = c
                             .set_namespace_labels(name, labels.clone())
                             .map_err(PipelineError::Compile)?;
+                        self.touched.add(&diff);
                         out.compiler_calls += 1;
                         out.full_compiles += 1;
                         out.changed |= !diff.is_empty();
@@ -594,6 +622,7 @@ impl Pipeline {
                         out.compiler_calls += 1;
                         match c.remove_policy(&key) {
                             Ok(diff) => {
+                                self.touched.add(&diff);
                                 out.changed |= !diff.is_empty();
                                 out.policies.insert(key, None);
                             }
@@ -616,6 +645,7 @@ impl Pipeline {
                     out.compiler_calls += 1;
                     match c.apply_policy(SOURCE, record.input.object.clone()) {
                         Ok(diff) => {
+                            self.touched.add(&diff);
                             out.changed |= !diff.is_empty();
                             record.valid = Ok(());
                             record.applied = Some(record.input.clone());
@@ -672,7 +702,8 @@ impl Pipeline {
         };
         out.compiler_calls += 1;
         match c.remove_workload(r) {
-            Ok(_) => {
+            Ok(diff) => {
+                self.touched.add(&diff);
                 // The workload and its node's pod list change.
                 out.changed = true;
                 self.unset_applied(r)
@@ -722,6 +753,7 @@ impl Pipeline {
         };
         match diff {
             Ok(diff) => {
+                self.touched.add(&diff);
                 out.changed |= !diff.is_empty();
                 let freed = old.as_ref().is_some_and(|o| {
                     o.workload

@@ -326,9 +326,8 @@ impl Controller {
             let revision = tokio::task::spawn_blocking(move || {
                 let mut core = this.core();
                 let Core { pipeline, tracker } = core.as_mut()?;
-                let state = pipeline.publishable_state()?;
                 let hub = &this.inner.hub;
-                let revision = hub.update(state, pipeline.assignment());
+                let revision = pipeline.publish(hub)?;
                 tracker.published(pipeline, &flushed.policies, revision, &hub.desired());
                 Some(revision)
             })

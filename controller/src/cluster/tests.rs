@@ -93,6 +93,17 @@ fn shop_workloads() -> Vec<Workload> {
     ]
 }
 
+/// Shop's client pod relabelled `app=web`.
+fn client_as_web() -> k8s_openapi::api::core::v1::Pod {
+    pod(
+        "shop",
+        "client",
+        "n2",
+        json!({"app": "web"}),
+        Some("10.0.0.2"),
+    )
+}
+
 fn table(p: &Pipeline) -> AllocationTable {
     p.table().unwrap().clone()
 }
@@ -138,16 +149,7 @@ fn a_pod_event_recompiles_only_that_pod() {
     let mut lists = shop(&mut p);
     p.flush(at()).unwrap();
     // Relabel: one compiler call, no full compile.
-    lists.take(
-        Event::Apply(pod(
-            "shop",
-            "client",
-            "n2",
-            json!({"app": "web"}),
-            Some("10.0.0.2"),
-        )),
-        &mut p,
-    );
+    lists.take(Event::Apply(client_as_web()), &mut p);
     let f = p.flush(at()).unwrap();
     assert_eq!((f.compiler_calls, f.full_compiles), (1, 0));
     assert!(f.changed);
@@ -580,97 +582,125 @@ fn a_status_write_recompiles_nothing_and_unflushed_edits_report_nothing() {
     assert_eq!((x.generation, x.applied_generation), (2, Some(2)));
 }
 
-/// Measurement (run with `--release -- --ignored --nocapture`): a cluster of `nodes` nodes,
-/// `pods` pods over 100 namespaces (10 label sets per namespace), one NetworkPolicy and one
-/// SegmentationPolicy per namespace; the initial lists, then one pod relabel, each compiled and
-/// published. Checks the final state against a fresh compile.
+/// Measurement (run with `--release -- --ignored --nocapture`) at the scale: 5,000
+/// nodes, 50,000 pods over 100 namespaces (50 label sets each: 5,000 identities), 2,000 policies
+/// (10 NetworkPolicies and 10 SegmentationPolicies per namespace). The initial lists, one pod
+/// relabel and one policy edit, each compiled and published to a hub; the final state is checked
+/// against a fresh compile.
 #[test]
 #[ignore = "measurement"]
-fn scale_initial_lists_and_one_pod_event() {
+fn scale_initial_lists_and_one_change() {
     use std::time::Instant;
-    let (nodes, pods) = (500, 10_000);
+    let (nodes, pods, namespaces, apps) = (5_000, 50_000, 100, 50);
+    let app_of = |i: usize| format!("app-{}", (i / namespaces) % apps);
+    let pod_at = |i: usize, app: &str| {
+        let ip = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
+        let (ns, node) = (
+            format!("ns-{}", i % namespaces),
+            format!("node-{}", i % nodes),
+        );
+        pod(
+            &ns,
+            &format!("pod-{i}"),
+            &node,
+            json!({"app": app}),
+            Some(&ip),
+        )
+    };
+    let netpols = || {
+        (0..namespaces * 10).map(|k| {
+            let (ns, j) = (k % namespaces, k / namespaces);
+            netpol(
+                &format!("ns-{ns}"),
+                &format!("np-{j}"),
+                &format!("app-{j}"),
+                8080,
+                1,
+            )
+        })
+    };
+    let segpols = || {
+        (0..namespaces * 10).map(|k| {
+            let (ns, j) = (k % namespaces, k / namespaces);
+            let spec = seg_spec(&format!("app-{}", 10 + j), 9000 + j as u16);
+            segpol(&format!("ns-{ns}"), &format!("sp-{j}"), spec, 1)
+        })
+    };
+    let ns_labels = |i: usize| json!({"team": format!("t{}", i % 7)});
     let mut p = Pipeline::new(AllocationTable::new());
     let mut lists = Lists::default();
-    let namespaces: Vec<_> = (0..100)
-        .map(|i| namespace(&format!("ns-{i}"), json!({"team": format!("t{}", i % 7)})))
-        .collect();
-    list(&mut lists, &mut p, namespaces);
+    list(
+        &mut lists,
+        &mut p,
+        (0..namespaces)
+            .map(|i| namespace(&format!("ns-{i}"), ns_labels(i)))
+            .collect(),
+    );
     list(
         &mut lists,
         &mut p,
         (0..nodes).map(|i| node(&format!("node-{i}"))).collect(),
     );
-    let pod_at = |i: usize, app: &str| {
-        let ip = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
-        pod(
-            &format!("ns-{}", i % 100),
-            &format!("pod-{i}"),
-            &format!("node-{}", i % nodes),
-            json!({"app": app}),
-            Some(&ip),
-        )
-    };
     list(
         &mut lists,
         &mut p,
-        (0..pods)
-            .map(|i| pod_at(i, &format!("app-{}", (i / 100) % 10)))
-            .collect(),
+        (0..pods).map(|i| pod_at(i, &app_of(i))).collect(),
     );
-    list(
-        &mut lists,
-        &mut p,
-        (0..100)
-            .map(|i| netpol(&format!("ns-{i}"), "np", "app-0", 8080, 1))
-            .collect(),
-    );
-    list(
-        &mut lists,
-        &mut p,
-        (0..100)
-            .map(|i| segpol(&format!("ns-{i}"), "sp", seg_spec("app-1", 9090), 1))
-            .collect(),
-    );
+    list(&mut lists, &mut p, netpols().collect());
+    list(&mut lists, &mut p, segpols().collect());
     list::<bulkhead_policy::model::ClusterSegmentationPolicy>(&mut lists, &mut p, vec![]);
     let hub = SyncHub::default();
     let t = Instant::now();
     let f = p.flush(at()).unwrap();
     let compiled = t.elapsed();
-    let r = hub.update(p.publishable_state().unwrap(), p.assignment());
-    let published = t.elapsed();
+    let r = p.publish(&hub).unwrap();
     println!(
-        "initial lists ({nodes} nodes, {pods} pods, 200 policies, {} identities): compile {compiled:?}, compile + publish {published:?}, revision {r}",
-        p.table().unwrap().entries().len()
+        "initial lists ({nodes} nodes, {pods} pods, {} policies, {} identities): compile {compiled:?}, compile + publish {:?}, revision {r}",
+        p.policies().len(),
+        p.table().unwrap().entries().len(),
+        t.elapsed()
     );
     assert_eq!(f.full_compiles, 1);
-    // One pod relabelled to a new label set.
+    let change = |what: &str, p: &mut Pipeline| {
+        let t = Instant::now();
+        let f = p.flush(at()).unwrap();
+        let compiled = t.elapsed();
+        let before = hub.desired();
+        let r = p.publish(&hub).unwrap();
+        let published = t.elapsed();
+        let nodes_changed = hub
+            .desired()
+            .iter()
+            .filter(|(n, v)| before.get(*n) != Some(v))
+            .count();
+        println!(
+            "{what}: compile {compiled:?} ({} compiler call), compile + publish (deltas ready) {published:?}, revision {r}, {nodes_changed} nodes got a delta",
+            f.compiler_calls
+        );
+    };
     lists.take(Event::Apply(pod_at(5, "moved")), &mut p);
-    let t = Instant::now();
-    let f = p.flush(at()).unwrap();
-    let compiled = t.elapsed();
-    hub.update(p.publishable_state().unwrap(), p.assignment());
-    let published = t.elapsed();
-    println!(
-        "one pod relabel: compile {compiled:?} ({} compiler call), compile + publish {published:?}",
-        f.compiler_calls
-    );
+    change("one pod relabel", &mut p);
+    let edited = segpol("ns-3", "sp-2", seg_spec("app-12", 9500), 2);
+    lists.take(Event::Apply(edited), &mut p);
+    change("one policy edit", &mut p);
     let state = p.state().unwrap().clone();
     let policies: Vec<PolicyObject> = p
         .policies()
         .values()
         .map(|r| r.input.object.clone())
         .collect();
-    let mut namespaces_in = Vec::new();
-    let names: Vec<String> = (0..100).map(|i| format!("ns-{i}")).collect();
-    for (i, n) in names.iter().enumerate() {
-        namespaces_in.push((n.as_str(), labels(json!({"team": format!("t{}", i % 7)}))));
-    }
+    let names: Vec<String> = (0..namespaces).map(|i| format!("ns-{i}")).collect();
+    let namespaces_in: Vec<_> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), labels(ns_labels(i))))
+        .collect();
     let workloads: Vec<Workload> = (0..pods)
         .map(|i| {
             let app = if i == 5 {
                 "moved".to_owned()
             } else {
-                format!("app-{}", (i / 100) % 10)
+                app_of(i)
             };
             convert::pod(&pod_at(i, &app)).unwrap().workload
         })
@@ -679,4 +709,103 @@ fn scale_initial_lists_and_one_pod_event() {
         state,
         fresh(&table(&p), policies, &namespaces_in, workloads)
     );
+}
+
+#[test]
+fn publishing_changed_keys_equals_publishing_the_whole_state() {
+    let mut p = Pipeline::new(AllocationTable::new());
+    let mut lists = shop(&mut p);
+    let (by_keys, whole) = (SyncHub::default(), SyncHub::default());
+    let step = |p: &mut Pipeline, what: &str| {
+        p.flush(at()).unwrap();
+        let r = p.publish(&by_keys).unwrap();
+        let r_whole = whole.update(p.publishable_state().unwrap(), p.assignment());
+        assert_eq!(r, r_whole, "{what}: revision");
+        assert_eq!(by_keys.desired(), whole.desired(), "{what}: node revisions");
+        for n in whole.desired().keys() {
+            assert_eq!(
+                by_keys.view(n).unwrap().view,
+                whole.view(n).unwrap().view,
+                "{what}: node {n}"
+            );
+        }
+    };
+    step(&mut p, "initial");
+    type Step = Box<dyn Fn(&mut Lists, &mut Pipeline)>;
+    let events: Vec<(&str, Step)> = vec![
+        (
+            "relabel",
+            Box::new(|l, p| l.take(Event::Apply(client_as_web()), p)),
+        ),
+        (
+            "new pod",
+            Box::new(|l, p| {
+                l.take(
+                    Event::Apply(pod(
+                        "db",
+                        "pg2",
+                        "n3",
+                        json!({"app": "pg"}),
+                        Some("10.0.1.2"),
+                    )),
+                    p,
+                )
+            }),
+        ),
+        (
+            "policy edit",
+            Box::new(|l, p| l.take(Event::Apply(netpol("shop", "web", "web", 9090, 2)), p)),
+        ),
+        (
+            "policy removal",
+            Box::new(|l, p| l.take(Event::Delete(segpol("db", "pg", json!({}), 1)), p)),
+        ),
+        (
+            "address reuse",
+            Box::new(|l, p| {
+                l.take(Event::Delete(pod("shop", "web", "n1", json!({}), None)), p);
+                l.take(
+                    Event::Apply(pod(
+                        "shop",
+                        "web2",
+                        "n1",
+                        json!({"app": "web"}),
+                        Some("10.0.0.1"),
+                    )),
+                    p,
+                )
+            }),
+        ),
+        (
+            "namespace relabel",
+            Box::new(|l, p| l.take(Event::Apply(namespace("shop", json!({"team": "x"}))), p)),
+        ),
+        (
+            "new namespace",
+            Box::new(|l, p| {
+                l.take(Event::Apply(namespace("new", json!({}))), p);
+                l.take(
+                    Event::Apply(pod("new", "a", "n2", json!({"app": "a"}), Some("10.0.2.1"))),
+                    p,
+                )
+            }),
+        ),
+        (
+            "pod moves node",
+            Box::new(|l, p| {
+                l.take(
+                    Event::Apply(pod("new", "a", "n3", json!({"app": "a"}), Some("10.0.2.1"))),
+                    p,
+                )
+            }),
+        ),
+        (
+            "node goes",
+            Box::new(|l, p| l.take(Event::Delete(node("n1")), p)),
+        ),
+    ];
+    for (what, event) in events {
+        event(&mut lists, &mut p);
+        step(&mut p, what);
+    }
 }

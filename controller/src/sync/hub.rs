@@ -1,12 +1,13 @@
 //! The hub: current state, per-node views and histories, acknowledgements.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bulkhead_policy::{
-    AddrPrefix, CompiledState, CompiledWorkload, MapDiff, PolicyEntryKey, RuleRef, WorkloadRef,
+    AddrPrefix, CompiledState, CompiledWorkload, MapDiff, PolicyEntryKey, RuleRef, StateDiff,
+    WorkloadRef,
 };
 use bulkhead_proto::{Delta, NodeView, PodRef, SharedDiff, Snapshot};
 use enforcer_common::{DefaultKey, PolicyKey, PolicyValue};
@@ -116,6 +117,69 @@ fn merge_diff<K: Ord + Clone, V: PartialEq + Clone>(
         }
     }
     d
+}
+
+/// The diff of `old` to `new` on `keys` only (the keys that may have changed).
+fn keyed_diff<K: Ord + Clone, V: PartialEq + Clone>(
+    old: &BTreeMap<K, V>,
+    new: &BTreeMap<K, V>,
+    keys: &BTreeSet<K>,
+) -> MapDiff<K, V> {
+    let mut d = MapDiff::default();
+    for k in keys {
+        match (old.get(k), new.get(k)) {
+            (old, Some(v)) if old != Some(v) => d.upserts.push((k.clone(), v.clone())),
+            (Some(_), None) => d.removals.push(k.clone()),
+            _ => {}
+        }
+    }
+    d
+}
+
+/// Makes `held` equal `new` on `keys`.
+fn patch<K: Ord + Clone, V: Clone>(
+    held: &mut BTreeMap<K, V>,
+    new: &BTreeMap<K, V>,
+    keys: &BTreeSet<K>,
+) {
+    for k in keys {
+        match new.get(k) {
+            Some(v) => {
+                held.insert(k.clone(), v.clone());
+            }
+            None => {
+                held.remove(k);
+            }
+        }
+    }
+}
+
+/// The keys of a compiled state that changed since the last publication (collected from the
+/// compiler's [`StateDiff`]s), for [`SyncHub::update_touched`].
+#[derive(Clone, Debug, Default)]
+pub struct Touched {
+    /// `POLICY` keys.
+    pub policy: BTreeSet<PolicyEntryKey>,
+    /// `DEFAULTS` keys.
+    pub defaults: BTreeSet<DefaultKey>,
+    /// `ADDRESSES` keys.
+    pub addresses: BTreeSet<AddrPrefix>,
+    /// Workloads.
+    pub workloads: BTreeSet<WorkloadRef>,
+}
+
+impl Touched {
+    /// Adds the keys `diff` changes.
+    pub fn add(&mut self, diff: &StateDiff) {
+        fn keys<K: Ord + Clone, V>(into: &mut BTreeSet<K>, d: &MapDiff<K, V>) {
+            into.extend(d.upserts.iter().map(|(k, _)| k.clone()));
+            into.extend(d.removals.iter().cloned());
+        }
+        keys(&mut self.policy, &diff.policy);
+        keys(&mut self.defaults, &diff.defaults);
+        keys(&mut self.addresses, &diff.addresses);
+        keys(&mut self.workloads, &diff.workloads);
+    }
 }
 
 fn policy_range(
@@ -361,20 +425,97 @@ impl SyncHub {
     }
 }
 
+impl SyncHub {
+    /// Publishes like [`update`](Self::update), for a `state` that differs from the last
+    /// published one only on the `touched` keys (rules aside, which are compared whole): no
+    /// copy of the state and no walk over its maps. The caller guarantees the premise (every
+    /// change since the last publication is in `touched`).
+    pub fn update_touched(
+        &self,
+        state: &CompiledState,
+        touched: &Touched,
+        assignment: &NodeAssignment,
+    ) -> u64 {
+        self.lock().update_touched(state, touched, assignment)
+    }
+}
+
 impl Hub {
     fn update(&mut self, state: CompiledState, assignment: &NodeAssignment) -> (u64, Old) {
-        let revision = self.revision + 1;
-        let shared = Arc::new(SharedDiff {
+        let shared = SharedDiff {
             addresses: merge_diff(&self.addresses, &state.addresses),
             rules: merge_diff(&self.rules, &state.rules),
-        });
-        let shared_changed = !shared.addresses.is_empty() || !shared.rules.is_empty();
+        };
         let by_identity = group_by_identity(
             merge_diff(&self.policy, &state.policy),
             merge_diff(&self.defaults, &state.defaults),
         );
         // Workloads whose identity changed (or that appeared or went): their nodes' pods change.
-        let relabeled = relabeled(&self.workloads, &state.workloads);
+        let relabeled: HashSet<WorkloadRef> = relabeled(&self.workloads, &state.workloads)
+            .into_iter()
+            .cloned()
+            .collect();
+        let changed = self.publish(&state, shared, &by_identity, &relabeled, assignment);
+        let old = Old {
+            _policy: std::mem::replace(&mut self.policy, state.policy),
+            _defaults: std::mem::replace(&mut self.defaults, state.defaults),
+            _addresses: std::mem::replace(&mut self.addresses, state.addresses),
+            _rules: std::mem::replace(&mut self.rules, state.rules),
+            _workloads: std::mem::replace(&mut self.workloads, state.workloads),
+        };
+        self.finish(changed);
+        (self.revision, old)
+    }
+
+    fn update_touched(
+        &mut self,
+        state: &CompiledState,
+        touched: &Touched,
+        assignment: &NodeAssignment,
+    ) -> u64 {
+        let shared = SharedDiff {
+            addresses: keyed_diff(&self.addresses, &state.addresses, &touched.addresses),
+            rules: merge_diff(&self.rules, &state.rules),
+        };
+        let by_identity = group_by_identity(
+            keyed_diff(&self.policy, &state.policy, &touched.policy),
+            keyed_diff(&self.defaults, &state.defaults, &touched.defaults),
+        );
+        let relabeled: HashSet<WorkloadRef> = touched
+            .workloads
+            .iter()
+            .filter(|w| {
+                self.workloads.get(*w).map(|c| c.identity)
+                    != state.workloads.get(*w).map(|c| c.identity)
+            })
+            .cloned()
+            .collect();
+        let rules_changed = !shared.rules.is_empty();
+        let changed = self.publish(state, shared, &by_identity, &relabeled, assignment);
+        patch(&mut self.policy, &state.policy, &touched.policy);
+        patch(&mut self.defaults, &state.defaults, &touched.defaults);
+        patch(&mut self.addresses, &state.addresses, &touched.addresses);
+        patch(&mut self.workloads, &state.workloads, &touched.workloads);
+        if rules_changed {
+            self.rules = state.rules.clone();
+        }
+        self.finish(changed)
+    }
+
+    /// Computes each node's delta from the old maps (held) to `state`, records the deltas of
+    /// the nodes whose view changed at the next revision; returns whether any did. The held
+    /// maps are not replaced here.
+    fn publish(
+        &mut self,
+        state: &CompiledState,
+        shared: SharedDiff,
+        by_identity: &HashMap<u32, IdentityDiff>,
+        relabeled: &HashSet<WorkloadRef>,
+        assignment: &NodeAssignment,
+    ) -> bool {
+        let revision = self.revision + 1;
+        let shared = Arc::new(shared);
+        let shared_changed = !shared.addresses.is_empty() || !shared.rules.is_empty();
         for name in assignment.keys() {
             if !self.nodes.contains_key(name) {
                 self.nodes.insert(name.clone(), Node::new(0));
@@ -469,23 +610,22 @@ impl Hub {
             }
             node.revision = revision;
         }
-        drop(relabeled);
-        let old = Old {
-            _policy: std::mem::replace(&mut self.policy, state.policy),
-            _defaults: std::mem::replace(&mut self.defaults, state.defaults),
-            _addresses: std::mem::replace(&mut self.addresses, state.addresses),
-            _rules: std::mem::replace(&mut self.rules, state.rules),
-            _workloads: std::mem::replace(&mut self.workloads, state.workloads),
-        };
+        changed
+    }
+
+    /// Moves to the revision of [`publish`](Self::publish) if some view changed, and wakes the
+    /// nodes that have it; returns the latest revision.
+    fn finish(&mut self, changed: bool) -> u64 {
         if changed {
-            self.revision = revision;
+            self.revision += 1;
+            let revision = self.revision;
             for node in self.nodes.values() {
                 if node.revision == revision {
                     node.notify.send_replace(revision);
                 }
             }
         }
-        (self.revision, old)
+        self.revision
     }
 
     pub(super) fn snapshot(&self, node: &Node) -> Snapshot {

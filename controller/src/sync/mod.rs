@@ -17,7 +17,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 
-pub use hub::SyncHub;
+pub use hub::{SyncHub, Touched};
 pub use service::{ServeError, serve};
 
 /// Which pods run on which node: node name -> (workload -> pod UID). A node with no pods may be
