@@ -661,6 +661,19 @@ fn scale_initial_lists_and_one_change() {
         t.elapsed()
     );
     assert_eq!(f.full_compiles, 1);
+    let mut tracker = Tracker::default();
+    let t = Instant::now();
+    tracker.published(&p, &f.policies, r, &hub.desired());
+    let recorded = t.elapsed();
+    let t = Instant::now();
+    let progress = tracker.progress(&p, &hub.desired(), &hub.realized(), hub.revision());
+    let desired: usize = progress.iter().map(|x| x.desired_nodes.len()).sum();
+    println!(
+        "realization: recording the initial publication {recorded:?}, one status pass over {} policies {:?} ({desired} desired policy-nodes)",
+        progress.len(),
+        t.elapsed()
+    );
+    assert_eq!(progress.len(), 2_000);
     let change = |what: &str, p: &mut Pipeline| {
         let t = Instant::now();
         let f = p.flush(at()).unwrap();
