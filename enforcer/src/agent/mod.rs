@@ -89,7 +89,9 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         .load_table()
         .context("reading the identity allocation table")?;
     let losses_logged = match datapath.origin() {
-        datapath::Origin::Adopted => state_dir.load_losses_logged().unwrap_or(0),
+        datapath::Origin::Adopted | datapath::Origin::Upgrading => {
+            state_dir.load_losses_logged().unwrap_or(0)
+        }
         datapath::Origin::Installed => 0,
     };
     let log = VerdictLog::open(&config.log)
@@ -120,6 +122,16 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         loss_baseline: losses_logged,
     };
     agent.enforce(policies, inventory)?;
+    // An upgrade swaps the new, now filled, generation in; the previous one's last events go to
+    // the log, and the loss count restarts with the new generation's counter.
+    if let Some(batch) = agent.datapath.finish_upgrade()? {
+        agent.log_batch(batch)?;
+        agent.losses_logged = 0;
+        agent
+            .state_dir
+            .save_losses_logged(0)
+            .context("persisting the lost-event count")?;
+    }
     agent.serve().await
 }
 
