@@ -41,8 +41,9 @@ pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
-/// Which object this generation was loaded from (written by user space at install; no program
-/// reads it, the linker keeps it because every `#[map]` static is exported).
+/// Which object this generation was loaded from (written by user space at install). No program
+/// reads it; bpf-linker keeps it all the same, as every `#[map]` static (checked: `readelf -s`
+/// of the object lists it, and install fails with `MapMissing` when it is not there).
 #[map]
 pub static META: Array<ObjectMeta> = Array::with_max_entries(1, 0);
 

@@ -32,7 +32,7 @@ pub use system::{BootClock, boot_time_offset, cgroup_id, find_cgroup2_mount};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DatapathOptions {
     /// Size of the `EVENTS` ring buffer in bytes (a power of two, at least a page); `None` keeps
-    /// the object's 4 MiB. Only used when installing, not when adopting.
+    /// the object's 4 MiB. Only used when installing (or staging an upgrade), not when adopting.
     pub events_ring_bytes: Option<u32>,
 }
 

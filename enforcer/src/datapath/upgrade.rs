@@ -33,9 +33,9 @@
 //!    retires the swap directory at its `finish_upgrade`; a crash after the links went leaves
 //!    swap `Broken`, discarded at the next start (with its undrained events).
 //!
-//! An interrupted uninstall or install can leave only the swap directory enforcing: it is
-//! **promoted** (renamed to the root) and surveyed again. Only a directory pair where nothing
-//! enforces is installed from scratch, as a first install is.
+//! Only the swap directory can be left enforcing when the root was removed by hand or by an
+//! enforcer older than this scheme: it is **promoted** (renamed to the root) and surveyed again.
+//! Only a directory pair where nothing enforces is installed from scratch, as a first install is.
 
 use std::{fs, io, path::Path};
 
