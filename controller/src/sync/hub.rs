@@ -308,6 +308,14 @@ impl SyncHub {
         self.lock().acked.clone()
     }
 
+    /// Records an acknowledgement as an enforcer's stream would (tests of what counts acks).
+    #[cfg(test)]
+    pub(crate) fn acknowledge_for_test(&self, node: &str, revision: u64) {
+        let mut hub = self.lock();
+        let acked = hub.acked.entry(node.to_owned()).or_default();
+        *acked = (*acked).max(revision);
+    }
+
     /// Node -> the last revision its enforcer rejected, and why (until it acknowledges a later
     /// one).
     pub fn rejected(&self) -> BTreeMap<String, (u64, String)> {
