@@ -90,14 +90,6 @@ fn resumed_from(server: &FakeApiServer) -> Option<u64> {
         .ok()
 }
 
-fn lists_of_pods(server: &FakeApiServer) -> usize {
-    server
-        .requests()
-        .iter()
-        .filter(|r| r.is_list_of("/api/v1/pods"))
-        .count()
-}
-
 #[tokio::test]
 async fn reflector_follows_adds_modifies_and_deletes() {
     let server = FakeApiServer::start().await.expect("server");
@@ -137,7 +129,7 @@ async fn reflector_resumes_after_dropped_watch_without_relisting() {
         .apply(&pod("b", "web", "n2"))
         .expect("b while disconnected");
     eventually("b seen after reconnect", || names(&store) == ["a", "b"]).await;
-    assert_eq!(lists_of_pods(&server), 1, "resumed, not re-listed");
+    assert_eq!(server.lists_of("/api/v1/pods"), 1, "resumed, not re-listed");
     assert_eq!(resumed_from(&server), Some(last_seen));
 }
 
@@ -160,7 +152,7 @@ async fn reflector_relists_after_history_expired() {
         names(&store) == ["a", "c"] && app_of(&store, "a").as_deref() == Some("db")
     })
     .await;
-    assert_eq!(lists_of_pods(&server), 2, "re-listed once");
+    assert_eq!(server.lists_of("/api/v1/pods"), 2, "re-listed once");
 
     // And it watches live again.
     server.apply(&pod("d", "web", "n2")).expect("d");
@@ -198,7 +190,7 @@ async fn streaming_list_and_label_selector() {
     let store = reflect(&server, config).await;
     assert_eq!(names(&store), ["a"]);
     assert_eq!(
-        lists_of_pods(&server),
+        server.lists_of("/api/v1/pods"),
         0,
         "initial state came from the watch"
     );

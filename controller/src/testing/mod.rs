@@ -241,6 +241,18 @@ impl FakeApiServer {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
     }
+
+    /// Number of LIST requests of the collection `path` (e.g. `/api/v1/pods`) so far: how a
+    /// test tells a watcher that resumed from one that re-listed.
+    pub fn lists_of(&self, path: &str) -> usize {
+        self.shared
+            .requests
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .filter(|r| r.is_list_of(path))
+            .count()
+    }
 }
 
 impl Drop for FakeApiServer {
