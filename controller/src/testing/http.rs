@@ -273,7 +273,7 @@ fn watch_response(
 }
 
 /// `a=b&c=d%3De` -> {a: b, c: d=e}.
-fn parse_query(query: &str) -> HashMap<String, String> {
+pub(super) fn parse_query(query: &str) -> HashMap<String, String> {
     query
         .split('&')
         .filter(|pair| !pair.is_empty())

@@ -3,6 +3,7 @@
 
 use serde_json::{Value, json};
 
+use super::http::parse_query;
 use super::resource::{BUILTIN, ResourceType, Route};
 use super::select::Selector;
 use super::store::{ObjectKey, PatchKind, Store, WatchRequest, merge_patch};
@@ -326,4 +327,15 @@ fn watches_replay_history_follow_selectors_and_expire() {
     assert_eq!(store.open_watches(), 4);
     store.drop_watches();
     assert!(current.is_closed() && all.is_closed());
+}
+
+#[test]
+fn query_parameters_are_percent_decoded() {
+    let q = parse_query(
+        "&watch=true&labelSelector=app%3Dweb%2Ctier+in+%28a%2Cb%29&fieldSelector=metadata.name%3Dx&bad=%zz",
+    );
+    assert_eq!(q["watch"], "true");
+    assert_eq!(q["labelSelector"], "app=web,tier in (a,b)");
+    assert_eq!(q["fieldSelector"], "metadata.name=x");
+    assert_eq!(q["bad"], "%zz");
 }
