@@ -211,3 +211,53 @@ pub async fn serve(listener: TcpListener, endpoints: Endpoints) -> std::io::Resu
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(endpoints: &Endpoints, path: &str) -> (StatusCode, String) {
+        let response = endpoints.respond(&Request::builder().uri(path).body(()).unwrap());
+        let status = response.status();
+        let body =
+            futures::executor::block_on(http_body_util::BodyExt::collect(response.into_body()))
+                .unwrap()
+                .to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn ready_only_after_the_initial_publication_and_metrics_by_name() {
+        let endpoints = Endpoints {
+            metrics: Arc::new(Metrics::default()),
+            hub: SyncHub::default(),
+            ready: Arc::new(AtomicBool::new(false)),
+        };
+        assert_eq!(get(&endpoints, "/healthz").0, StatusCode::OK);
+        assert_eq!(
+            get(&endpoints, "/readyz").0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        endpoints.ready.store(true, Ordering::Release);
+        assert_eq!(get(&endpoints, "/readyz").0, StatusCode::OK);
+        assert_eq!(get(&endpoints, "/nope").0, StatusCode::NOT_FOUND);
+        let m = &endpoints.metrics;
+        m.events
+            .get_or_create(&KindLabels { kind: "Pod".into() })
+            .inc_by(3);
+        m.error("watch");
+        m.compile_seconds.observe(0.002);
+        m.policy_revision.set(7);
+        let (status, text) = get(&endpoints, "/metrics");
+        assert_eq!(status, StatusCode::OK);
+        for line in [
+            r#"bulkhead_controller_watch_events_total{kind="Pod"} 3"#,
+            r#"bulkhead_controller_errors_total{error="watch"} 1"#,
+            "bulkhead_controller_compile_seconds_count 1",
+            "bulkhead_controller_policy_revision 7",
+            "bulkhead_controller_connected_nodes 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+}

@@ -277,9 +277,25 @@ impl Pipeline {
         Ok(out)
     }
 
-    /// The first flush: one full compile of everything observed.
+    /// The first flush: one full compile of everything observed. On error nothing is kept
+    /// (the seed table included), so the next flush starts over.
     fn initial(&mut self, now: Timestamp, out: &mut Flushed) -> Result<(), PipelineError> {
-        let table = self.seed.take().unwrap_or_default();
+        let result = self.try_initial(now, out);
+        if result.is_err() {
+            self.applied.clear();
+            self.ip_owner.clear();
+            self.short.clear();
+            self.assignment.clear();
+            for record in self.policies.values_mut() {
+                record.applied = None;
+            }
+            out.policies.clear();
+        }
+        result
+    }
+
+    fn try_initial(&mut self, now: Timestamp, out: &mut Flushed) -> Result<(), PipelineError> {
+        let table = self.seed.clone().unwrap_or_default();
         let mut policies = PolicySet::new();
         for (key, record) in &mut self.policies {
             match policies.apply(SOURCE, record.input.object.clone()) {
@@ -350,6 +366,7 @@ impl Pipeline {
         out.full_compiles += 1;
         out.changed = true;
         self.compiler = Some(compiled);
+        self.seed = None;
         self.dirty_pods.clear();
         self.dirty_policies.clear();
         self.dirty_namespaces.clear();
