@@ -12,7 +12,9 @@ use bulkhead_controller::cluster::identities::TABLE_KEY;
 use bulkhead_controller::cluster::{self, convert};
 use bulkhead_controller::sync::{NodeAssignment, SyncHub};
 use bulkhead_controller::testing::FakeApiServer;
-use bulkhead_policy::model::{Namespace as InvNamespace, SegmentationPolicy};
+use bulkhead_policy::model::{
+    ClusterSegmentationPolicy, Namespace as InvNamespace, SegmentationPolicy,
+};
 use bulkhead_policy::{AllocationTable, Compiler, Inventory, PolicySet};
 use bulkhead_proto::NodeView;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod};
@@ -71,6 +73,16 @@ fn segpol() -> SegmentationPolicy {
     }))
 }
 
+/// Admin tier: every pod's egress to the metadata service is denied.
+fn cluster_policy() -> ClusterSegmentationPolicy {
+    object(json!({
+        "apiVersion": "bulkhead.dev/v1alpha1", "kind": "ClusterSegmentationPolicy",
+        "metadata": {"name": "no-metadata"},
+        "spec": {"tier": "Admin", "priority": 10, "subject": {"namespaceSelector": {}},
+                 "egress": [{"action": "Deny", "to": [{"cidr": "169.254.169.254/32"}]}]},
+    }))
+}
+
 async fn seeded_server() -> FakeApiServer {
     let server = FakeApiServer::start().await.expect("fake API server");
     server
@@ -117,6 +129,15 @@ fn fresh_views(server: &FakeApiServer, table: &AllocationTable) -> BTreeMap<Stri
     }
     for p in server.list::<SegmentationPolicy>().expect("segpols") {
         policies.push(("api".to_string(), convert::segmentation_policy(&p).object));
+    }
+    for p in server
+        .list::<ClusterSegmentationPolicy>()
+        .expect("cluster policies")
+    {
+        policies.push((
+            "api".to_string(),
+            convert::cluster_segmentation_policy(&p).object,
+        ));
     }
     let set = PolicySet::from_objects(policies).expect("policy set");
     let namespaces = server.list::<Namespace>().expect("namespaces");
@@ -323,6 +344,18 @@ async fn the_controller_follows_live_changes_and_keeps_identities_across_restart
     assert!(
         server.lists_of("/api/v1/pods") > lists,
         "the pod watcher re-listed"
+    );
+
+    // A cluster policy and a namespace relabel arrive through the cluster-scoped watches.
+    let before = views["n1"].policy.len();
+    server.apply(&cluster_policy()).expect("cluster policy");
+    server
+        .apply(&namespace("shop", json!({"team": "web"})))
+        .expect("namespace relabel");
+    let views = views_follow(&server, &hub, "cluster policy and namespace labels").await;
+    assert!(
+        views["n1"].policy.len() > before,
+        "the cluster policy adds entries"
     );
 
     // Restart on the same server with a new hub: every pod keeps its number, and nothing new
