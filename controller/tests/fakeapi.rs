@@ -322,3 +322,28 @@ async fn recorder_publishes_events() {
     assert_eq!(events[0].reason.as_deref(), Some("Invalid"));
     assert_eq!(events[0].series.as_ref().map(|s| s.count), Some(2));
 }
+
+#[tokio::test]
+async fn other_types_are_served_once_registered() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let server = FakeApiServer::start().await.expect("server");
+    let deployments: Api<Deployment> = Api::namespaced(server.client().expect("client"), "shop");
+    let err = deployments
+        .list(&Default::default())
+        .await
+        .expect_err("not served");
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 404),
+        "{err}"
+    );
+    server.serve::<Deployment>();
+    let mut d = Deployment::default();
+    d.metadata.name = Some("web".into());
+    deployments
+        .create(&PostParams::default(), &d)
+        .await
+        .expect("create");
+    let listed = deployments.list(&Default::default()).await.expect("list");
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].metadata.namespace.as_deref(), Some("shop"));
+}
