@@ -7,20 +7,36 @@
 //! ```
 //!
 //! The Kubernetes client comes from the in-cluster configuration or `KUBECONFIG`. The identity
-//! ConfigMap lives in `--namespace`, else `$POD_NAMESPACE`, else the client's default namespace.
+//! ConfigMap and the Lease live in `--namespace`, else `$POD_NAMESPACE`, else the client's
+//! default namespace. With `--leader-election`, only the replica holding the Lease watches,
+//! publishes, and writes statuses and Events; a standby's sync API answers UNAVAILABLE (so
+//! enforcers retry until they reach the leader) and its `/readyz` is 503. The replica's identity
+//! is `$POD_NAME` (else `$HOSTNAME`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use anyhow::{Context, Result, bail};
+use bulkhead_controller::cluster::lead::{lead, lead_when_elected};
 use bulkhead_controller::cluster::{Config, Controller};
+use bulkhead_controller::leader::{LeaderElector, LeaseConfig};
 use bulkhead_controller::metrics::{self, Endpoints, Metrics};
 use bulkhead_controller::sync::{self, SyncHub};
 use bulkhead_proto::security::{Security, TlsFiles, dev_bind_check};
 use clap::Parser;
+use kube::runtime::events::Reporter;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// The controller's name (Events' reporting controller, the default Lease name).
+const NAME: &str = "bulkhead-controller";
+
+/// How often policy statuses and Events are brought up to date.
+const REPORT_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Bulkhead controller: watches pods, namespaces, nodes and policies, compiles them, and serves
 /// each node's view to its enforcer over the policy sync API.
@@ -42,7 +58,7 @@ struct Args {
     /// Run only while holding the leader-election Lease.
     #[arg(long)]
     leader_election: bool,
-    /// Name of the Lease (in the same namespace).
+    /// Name of the Lease (in the same namespace; default bulkhead-controller).
     #[arg(long, requires = "leader_election")]
     lease_name: Option<String>,
     /// The controller's certificate (PEM) for mutual TLS.
@@ -122,7 +138,7 @@ fn one_line(error: &anyhow::Error) -> String {
     out
 }
 
-async fn shutdown() {
+async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
@@ -138,13 +154,20 @@ async fn shutdown() {
     tracing::info!("shutting down");
 }
 
+/// Resolves once `stop` says so (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// This replica's name: `$POD_NAME`, else `$HOSTNAME`.
+fn replica_name() -> Option<String> {
+    ["POD_NAME", "HOSTNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|n| !n.is_empty()))
+}
+
 async fn run(args: Args) -> Result<()> {
     let security = args.security()?;
-    if args.leader_election {
-        bail!(
-            "--leader-election: this build has no leader election; run a single replica without it"
-        );
-    }
     let grpc = TcpListener::bind(args.grpc_listen)
         .await
         .with_context(|| format!("--grpc-listen {}", args.grpc_listen))?;
@@ -159,6 +182,19 @@ async fn run(args: Args) -> Result<()> {
         (None, Ok(ns)) if !ns.is_empty() => ns,
         _ => client.default_namespace().to_owned(),
     };
+    let replica = replica_name();
+    let elector = if args.leader_election {
+        let Some(identity) = replica.clone() else {
+            bail!("--leader-election: set POD_NAME (or HOSTNAME) to this replica's name");
+        };
+        let lease = args.lease_name.clone().unwrap_or_else(|| NAME.to_owned());
+        Some(LeaderElector::new(
+            client.clone(),
+            LeaseConfig::new(lease, namespace.clone(), identity),
+        )?)
+    } else {
+        None
+    };
     let hub = SyncHub::default();
     let metrics = Arc::new(Metrics::default());
     let controller = Controller::new(
@@ -171,12 +207,52 @@ async fn run(args: Args) -> Result<()> {
         hub: hub.clone(),
         ready: controller.ready(),
     };
+    let reporter = Reporter {
+        controller: NAME.to_owned(),
+        instance: replica,
+    };
+    let (stop, stop_rx) = watch::channel(false);
+    let signal_stop = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        signal_stop.send_replace(true);
+    });
+    let (work, elector) = match elector {
+        Some(elector) => {
+            let leading = elector.subscribe();
+            let task = tokio::spawn(elector.run(stopped(stop_rx.clone())));
+            (
+                futures::future::Either::Left(lead_when_elected(
+                    &controller,
+                    &client,
+                    &reporter,
+                    REPORT_INTERVAL,
+                    leading,
+                )),
+                Some(task),
+            )
+        }
+        None => (
+            futures::future::Either::Right(lead(&controller, &client, &reporter, REPORT_INTERVAL)),
+            None,
+        ),
+    };
     tracing::info!(grpc = %args.grpc_listen, metrics = %args.metrics, "serving");
-    tokio::select! {
-        r = sync::serve(hub, grpc, &security, shutdown()) => r.context("policy sync server"),
+    let result = tokio::select! {
+        r = sync::serve(hub, grpc, &security, stopped(stop_rx.clone())) => r.context("policy sync server"),
         r = metrics::serve(metrics_listener, endpoints) => r.context("metrics server"),
-        r = controller.run(client) => r.context("controller"),
+        r = work => r.context("controller"),
+    };
+    // Stop leading and release the Lease, so a successor takes over at once.
+    stop.send_replace(true);
+    if let Some(task) = elector {
+        match task.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "releasing the lease failed"),
+            Err(e) => tracing::warn!(error = %e, "leader election task failed"),
+            Ok(Ok(())) => {}
+        }
     }
+    result
 }
 
 #[cfg(test)]

@@ -133,14 +133,26 @@ pub struct Config {
     pub revision: u64,
     /// Identity given to processes in no known workload cgroup; `identity::UNMANAGED` = not enforced.
     pub unmanaged_identity: u32,
-    pub flags: u32,
+    /// Cgroup levels (absolute: the hierarchy's root is 0) at which the ancestors of a cgroup
+    /// that is not in `WORKLOADS` are looked up, deepest first, the first hit deciding: a pod's
+    /// cgroup then covers every container cgroup below it from the moment it exists. Both 0:
+    /// only the cgroup itself is looked up. At most [`MAX_ANCESTOR_LEVELS`] levels.
+    pub ancestor_from: u16,
+    pub ancestor_to: u16,
 }
+
+/// How many ancestor levels `Config::ancestor_from..=ancestor_to` may span.
+pub const MAX_ANCESTOR_LEVELS: u16 = 4;
 
 /// Per-socket cached decision (socket storage).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SockDecision {
     pub revision: u64,
+    /// A listener's own socket cookie, set with [`SOCK_DECISION_PASSIVE`]: the key of the
+    /// `FLOWS` entries its SYNs record. Cloned into the sockets it accepts, whose first packet
+    /// then follows the decision their SYN got instead of deciding again. 0 otherwise.
+    pub listener_cookie: u64,
     pub rule_id: u32,
     pub verdict: u8,
     pub reason: u8,
@@ -223,7 +235,7 @@ const _: () = {
     assert!(core::mem::size_of::<DefaultKey>() == 8);
     assert!(core::mem::size_of::<WorkloadValue>() == 8);
     assert!(core::mem::size_of::<Config>() == 16);
-    assert!(core::mem::size_of::<SockDecision>() == 16);
+    assert!(core::mem::size_of::<SockDecision>() == 24);
     assert!(core::mem::size_of::<VerdictEvent>() == 96);
     assert!(core::mem::size_of::<FlowKey>() == 32);
     assert!(core::mem::size_of::<FlowValue>() == 32);

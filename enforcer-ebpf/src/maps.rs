@@ -16,8 +16,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use enforcer_common::{
-    AddrKey, Config, DefaultKey, FlowKey, FlowValue, PolicyKey, PolicyValue, SockDecision,
-    WorkloadValue, identity,
+    AddrKey, Config, DefaultKey, FlowKey, FlowValue, MAX_ANCESTOR_LEVELS, PolicyKey, PolicyValue,
+    SockDecision, WorkloadValue, identity,
 };
 
 #[map]
@@ -92,26 +92,78 @@ pub fn sock_storage(sk: *mut bpf_sock, create: bool) -> *mut SockDecision {
     unsafe { bpf_sk_storage_get(map, sk.cast(), ptr::null_mut(), flags) }.cast::<SockDecision>()
 }
 
-/// `CONFIG[0]`, or a zero revision and the default unmanaged identity before the first write.
+/// What the programs read from `CONFIG[0]`.
+#[derive(Clone, Copy)]
+pub struct Settings {
+    pub unmanaged_identity: u32,
+    pub ancestor_from: u16,
+    pub ancestor_to: u16,
+}
+
+/// `CONFIG[0]` as the revision and the settings; a zero revision, the default unmanaged identity
+/// and no ancestor lookups before the first write.
 #[inline(always)]
-pub fn config() -> (u64, u32) {
+pub fn config() -> (u64, Settings) {
     match CONFIG.get(0) {
-        Some(c) => (c.revision, c.unmanaged_identity),
-        None => (0, identity::UNMANAGED),
+        Some(c) => (
+            c.revision,
+            Settings {
+                unmanaged_identity: c.unmanaged_identity,
+                ancestor_from: c.ancestor_from,
+                ancestor_to: c.ancestor_to,
+            },
+        ),
+        None => (
+            0,
+            Settings {
+                unmanaged_identity: identity::UNMANAGED,
+                ancestor_from: 0,
+                ancestor_to: 0,
+            },
+        ),
     }
 }
 
-/// The identity of the local process or socket owner given its cgroup id; `None` when it is not
-/// enforced (no workload and `unmanaged_identity == UNMANAGED`).
+/// The identity of the local process or socket owner given its cgroup id, else of its deepest
+/// ancestor in `WORKLOADS` among the configured levels (`ancestor(level)` gives the ancestor's
+/// id, 0 past the cgroup's own depth); `None` when it is not enforced (no workload and
+/// `unmanaged_identity == UNMANAGED`).
 #[inline(always)]
-pub fn local_identity(cgroup_id: u64, unmanaged_identity: u32) -> Option<u32> {
-    // SAFETY: the value is copied out at once; nothing can alias it in between.
-    let found = unsafe { WORKLOADS.get(cgroup_id) }.map(|w| w.identity);
-    match found {
-        Some(identity) => Some(identity),
-        None if unmanaged_identity != identity::UNMANAGED => Some(unmanaged_identity),
-        None => None,
+pub fn local_identity(
+    cgroup_id: u64,
+    settings: &Settings,
+    ancestor: impl Fn(u16) -> u64,
+) -> Option<u32> {
+    if let Some(identity) = workload(cgroup_id) {
+        return Some(identity);
     }
+    if settings.ancestor_to != 0 {
+        for step in 0..MAX_ANCESTOR_LEVELS {
+            let Some(level) = settings.ancestor_to.checked_sub(step) else {
+                break;
+            };
+            if level < settings.ancestor_from {
+                break;
+            }
+            let id = ancestor(level);
+            if id != 0
+                && id != cgroup_id
+                && let Some(identity) = workload(id)
+            {
+                return Some(identity);
+            }
+        }
+    }
+    match settings.unmanaged_identity {
+        identity::UNMANAGED => None,
+        unmanaged => Some(unmanaged),
+    }
+}
+
+#[inline(always)]
+fn workload(cgroup_id: u64) -> Option<u32> {
+    // SAFETY: the value is copied out at once; nothing can alias it in between.
+    unsafe { WORKLOADS.get(cgroup_id) }.map(|w| w.identity)
 }
 
 /// `ADDRESSES[addr]` (longest prefix), `WORLD` on a miss.

@@ -24,7 +24,8 @@ use core::{ffi::c_void, ptr};
 use aya_ebpf::{
     bindings::bpf_sock,
     helpers::generated::{
-        bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_sk_fullsock, bpf_skb_cgroup_id,
+        bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_sk_fullsock, bpf_skb_ancestor_cgroup_id,
+        bpf_skb_cgroup_id,
     },
     programs::SkBuffContext,
 };
@@ -80,7 +81,7 @@ impl View {
 /// whole content, so the slow path would reach the same verdict.
 #[inline(always)]
 pub fn try_skb(ctx: &SkBuffContext, hook_dir: u8) -> Result<bool, i64> {
-    let (revision, unmanaged) = maps::config();
+    let (revision, settings) = maps::config();
     let sk = full_socket(ctx);
     let slot = maps::sock_storage(sk, false);
     if !slot.is_null() && !sk.is_null() {
@@ -98,7 +99,11 @@ pub fn try_skb(ctx: &SkBuffContext, hook_dir: u8) -> Result<bool, i64> {
     };
     // SAFETY: the context's skb pointer is valid for the whole program.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
-    let Some(local) = maps::local_identity(cgroup_id, unmanaged) else {
+    let ancestor = |level: u16| {
+        // SAFETY: as above; the helper reads the skb's socket's cgroup.
+        unsafe { bpf_skb_ancestor_cgroup_id(ctx.skb.skb, i32::from(level)) }
+    };
+    let Some(local) = maps::local_identity(cgroup_id, &settings, ancestor) else {
         return Ok(true);
     };
     // SAFETY: as above; bpf_get_socket_cookie accepts an skb.
@@ -168,6 +173,7 @@ fn store(slot: *mut SockDecision, revision: u64, direction: u8, d: &Decision) {
     unsafe {
         *slot = SockDecision {
             revision,
+            listener_cookie: 0,
             rule_id: d.rule_id,
             verdict: d.verdict,
             reason: d.reason,
@@ -180,7 +186,7 @@ fn store(slot: *mut SockDecision, revision: u64, direction: u8, d: &Decision) {
 /// A TCP SYN at ingress: a new inbound connection attempt.
 #[inline(always)]
 fn syn(view: &View, pkt: &Packet, sk: *mut bpf_sock) -> bool {
-    mark_passive(sk);
+    mark_passive(sk, view.cookie);
     let key = flow_key(view, PROTO_TCP, view.remote_port);
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
@@ -215,7 +221,7 @@ fn tcp(view: &View, sk: *mut bpf_sock, slot: *mut SockDecision) -> bool {
     // SAFETY: a full socket; `state` is a readable field.
     let state = unsafe { (*sk).state };
     if state == TCP_LISTEN {
-        mark_passive(sk);
+        mark_passive(sk, view.cookie);
         return handshake(view);
     }
     let slot = if slot.is_null() {
@@ -230,8 +236,13 @@ fn tcp(view: &View, sk: *mut bpf_sock, slot: *mut SockDecision) -> bool {
         return pass;
     }
     // SAFETY: a non-null storage pointer of this socket; copied out at once.
-    let marks = unsafe { (*slot).flags };
-    let (direction, d) = if marks & SOCK_DECISION_PASSIVE != 0 {
+    let marks = unsafe { *slot };
+    if marks.flags & SOCK_DECISION_PASSIVE != 0
+        && let Some(pass) = follow_syn(view, slot, marks.listener_cookie)
+    {
+        return pass;
+    }
+    let (direction, d) = if marks.flags & SOCK_DECISION_PASSIVE != 0 {
         let d = decide(
             view.local,
             &view.remote,
@@ -275,13 +286,53 @@ fn unknown_orientation(view: &View) -> (u8, Decision) {
     (DIR_EGRESS, egress)
 }
 
-/// Marks a listener passive; `BPF_F_CLONE` copies the mark into the sockets it accepts.
+/// An accepted socket's first packet: the decision its SYN recorded in `FLOWS` under the
+/// listener's cookie (same listener, remote address and port, current revision), cached as the
+/// socket's own. `None` when there is no such entry (it was evicted, or the revision changed
+/// since the SYN): the caller decides.
 #[inline(always)]
-fn mark_passive(sk: *mut bpf_sock) {
+fn follow_syn(view: &View, slot: *mut SockDecision, listener_cookie: u64) -> Option<bool> {
+    if listener_cookie == 0 {
+        return None;
+    }
+    let key = FlowKey {
+        socket_cookie: listener_cookie,
+        remote_addr: view.remote,
+        remote_port: view.remote_port,
+        protocol: PROTO_TCP,
+        _pad: [0; 5],
+    };
+    // SAFETY: the value is copied out at once.
+    let f = unsafe { FLOWS.get(key) }.copied()?;
+    if f.revision != view.revision || f.direction != DIR_INGRESS {
+        return None;
+    }
+    // SAFETY: a non-null storage pointer of this socket.
+    unsafe {
+        *slot = SockDecision {
+            revision: view.revision,
+            listener_cookie: 0,
+            rule_id: f.rule_id,
+            verdict: f.verdict,
+            reason: f.reason,
+            direction: DIR_INGRESS,
+            flags: SOCK_DECISION_VALID,
+        };
+    }
+    Some(f.verdict != VERDICT_DENY)
+}
+
+/// Marks a listener passive and records its cookie; `BPF_F_CLONE` copies both into the sockets
+/// it accepts.
+#[inline(always)]
+fn mark_passive(sk: *mut bpf_sock, cookie: u64) {
     let slot = maps::sock_storage(sk, true);
     if !slot.is_null() {
         // SAFETY: a non-null storage pointer of this socket.
-        unsafe { (*slot).flags |= SOCK_DECISION_PASSIVE };
+        unsafe {
+            (*slot).flags |= SOCK_DECISION_PASSIVE;
+            (*slot).listener_cookie = cookie;
+        }
     }
 }
 

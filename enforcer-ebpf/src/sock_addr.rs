@@ -8,7 +8,9 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_sock_addr,
-    helpers::generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
+    helpers::generated::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_socket_cookie,
+    },
     programs::SockAddrContext,
 };
 use enforcer_common::{
@@ -114,6 +116,13 @@ fn event(ctx: &SockAddrContext, v6: bool, r: &Report<'_>) {
     });
 }
 
+/// The current task's ancestor cgroup at `level` (0 past its depth).
+#[inline(always)]
+fn current_ancestor(level: u16) -> u64 {
+    // SAFETY: a helper that only reads the current task's cgroup.
+    unsafe { bpf_get_current_ancestor_cgroup_id(i32::from(level)) }
+}
+
 /// `connect4`/`connect6`: `Ok(true)` lets the connect proceed.
 #[inline(always)]
 pub fn try_connect(ctx: &SockAddrContext, v6: bool) -> Result<bool, i64> {
@@ -123,10 +132,10 @@ pub fn try_connect(ctx: &SockAddrContext, v6: bool) -> Result<bool, i64> {
     if protocol != PROTO_TCP && protocol != PROTO_UDP {
         return Ok(true);
     }
-    let (revision, unmanaged) = maps::config();
+    let (revision, settings) = maps::config();
     // SAFETY: a helper without arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let Some(local) = maps::local_identity(cgroup_id, unmanaged) else {
+    let Some(local) = maps::local_identity(cgroup_id, &settings, current_ancestor) else {
         return Ok(true);
     };
     let (remote, port) = user_dest(sa, v6);
@@ -137,6 +146,7 @@ pub fn try_connect(ctx: &SockAddrContext, v6: bool) -> Result<bool, i64> {
         unsafe {
             *slot = SockDecision {
                 revision,
+                listener_cookie: 0,
                 rule_id: d.rule_id,
                 verdict: d.verdict,
                 reason: d.reason,
@@ -168,10 +178,10 @@ pub fn try_sendmsg(ctx: &SockAddrContext, v6: bool) -> Result<bool, i64> {
     if protocol != PROTO_UDP {
         return Ok(true);
     }
-    let (revision, unmanaged) = maps::config();
+    let (revision, settings) = maps::config();
     // SAFETY: a helper without arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let Some(local) = maps::local_identity(cgroup_id, unmanaged) else {
+    let Some(local) = maps::local_identity(cgroup_id, &settings, current_ancestor) else {
         return Ok(true);
     };
     let (remote, port) = user_dest(sa, v6);

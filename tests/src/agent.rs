@@ -121,8 +121,32 @@ impl AgentRun {
         self.metrics = Some(addr);
     }
 
-    /// Starts `enforcer run`; its stderr goes to a file (see [`Self::stderr`]).
+    /// Starts `enforcer run` (standalone: the policy directory and the inventory); its stderr
+    /// goes to a file (see [`Self::stderr`]).
     pub fn start(&mut self) -> io::Result<()> {
+        let policies = self.policies_dir();
+        let inventory = self.inventory_path();
+        self.spawn(&[
+            "--policies".as_ref(),
+            policies.as_os_str(),
+            "--inventory".as_ref(),
+            inventory.as_os_str(),
+        ])
+    }
+
+    /// Starts `enforcer run` in cluster mode: the controller at `url` (plaintext dev mode), this
+    /// node named `node`. The kubelet's hierarchy is looked for in the test's parent cgroup.
+    pub fn start_cluster(&mut self, url: &str, node: &str) -> io::Result<()> {
+        self.spawn(&[
+            "--controller".as_ref(),
+            url.as_ref(),
+            "--node-name".as_ref(),
+            node.as_ref(),
+            "--insecure".as_ref(),
+        ])
+    }
+
+    fn spawn(&mut self, mode: &[&std::ffi::OsStr]) -> io::Result<()> {
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -134,10 +158,7 @@ impl AgentRun {
             None => command.arg("--no-metrics"),
         };
         let child = command
-            .arg("--policies")
-            .arg(self.policies_dir())
-            .arg("--inventory")
-            .arg(self.inventory_path())
+            .args(mode)
             .arg("--log")
             .arg(self.log_path())
             .arg("--bpffs")

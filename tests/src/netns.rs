@@ -82,6 +82,22 @@ pub fn kernel_tests_possible() -> Result<(), String> {
     Ok(())
 }
 
+/// `true` when a kernel test must be skipped (not root, no BPF), with a message naming `what`;
+/// `BULKHEAD_REQUIRE_KERNEL_TESTS=1` makes that a failure instead.
+pub fn skip_kernel_tests(what: &str) -> bool {
+    match kernel_tests_possible() {
+        Ok(()) => false,
+        Err(why) => {
+            assert!(
+                std::env::var_os("BULKHEAD_REQUIRE_KERNEL_TESTS").is_none(),
+                "kernel tests required but impossible here: {why}"
+            );
+            eprintln!("SKIPPED: {what} tests need root and BPF: {why}");
+            true
+        }
+    }
+}
+
 fn check_test_address(v4: Ipv4Addr, v6: Ipv6Addr) -> io::Result<()> {
     let o = v4.octets();
     let s = v6.segments();

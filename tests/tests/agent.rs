@@ -8,22 +8,12 @@ use std::time::{Duration, Instant};
 
 use bulkhead_tests::agent::{AgentRun, InventoryWorkload, inventory_yaml};
 use bulkhead_tests::bpf_query::attached_count;
-use bulkhead_tests::netns::{TestNet, kernel_tests_possible};
+use bulkhead_tests::netns::TestNet;
 use bulkhead_tests::workload::{ProbeResult, Proto, Server, Workload};
 use serde_json::Value;
 
 fn skip() -> bool {
-    match kernel_tests_possible() {
-        Ok(()) => false,
-        Err(why) => {
-            assert!(
-                std::env::var_os("BULKHEAD_REQUIRE_KERNEL_TESTS").is_none(),
-                "kernel tests required but impossible here: {why}"
-            );
-            eprintln!("SKIPPED: agent tests need root and BPF: {why}");
-            true
-        }
-    }
+    bulkhead_tests::netns::skip_kernel_tests("agent")
 }
 
 /// `b` admits TCP and UDP port 80 from `a`; `b` is therefore isolated for ingress.

@@ -12,16 +12,20 @@ mod lifecycle;
 
 use std::{
     net::{IpAddr, Ipv4Addr},
+    path::Path,
     thread,
     time::{Duration, Instant},
 };
 
-use bulkhead_tests::workload::{ProbeResult, Proto};
+use bulkhead_tests::{
+    cgroup::CgroupDir,
+    workload::{ProbeResult, Proto, Workload},
+};
 use common::*;
-use enforcer::datapath::{BootClock, DesiredMaps};
+use enforcer::datapath::{BootClock, DesiredMaps, find_cgroup2_mount};
 use enforcer_common::{
-    DIR_EGRESS, DIR_INGRESS, HOOK_SKB_EGRESS, PROTO_OTHER, PROTO_TCP, PROTO_UDP, WorkloadValue,
-    identity,
+    DIR_EGRESS, DIR_INGRESS, HOOK_SKB_EGRESS, MAX_ANCESTOR_LEVELS, PROTO_OTHER, PROTO_TCP,
+    PROTO_UDP, WorkloadValue, identity,
 };
 
 const ALL_PROTOS: [Proto; 3] = [Proto::Tcp, Proto::Udp, Proto::UdpConnected];
@@ -551,4 +555,110 @@ fn connections_older_than_the_install_pass_when_either_orientation_allows() {
     m.policy.retain(|(k, _), _| k.local_identity != CLIENT);
     env.dp().apply(&m).expect("apply");
     assert_eq!(session.exchange().expect("exchange"), ProbeResult::Timeout);
+}
+
+/// The workload `w` as seen from a new child cgroup of its own (a container in a pod): same
+/// namespace and addresses, processes placed in the child.
+fn in_child_cgroup(w: &Workload, name: &str) -> (CgroupDir, Workload) {
+    let dir = CgroupDir::create(&w.cgroup_path, name).expect("child cgroup");
+    let mut child = w.clone();
+    child.cgroup_path = dir.path().to_path_buf();
+    child.cgroup_id = dir.id().expect("child cgroup id");
+    (dir, child)
+}
+
+/// The absolute level of a cgroup directory (the hierarchy's root is 0).
+fn cgroup_level(path: &Path) -> u16 {
+    let root = find_cgroup2_mount().expect("cgroup2 mount");
+    let depth = path
+        .strip_prefix(&root)
+        .expect("cgroup below the mount")
+        .components()
+        .count();
+    u16::try_from(depth).expect("level")
+}
+
+#[test]
+fn ancestor_levels_make_a_workload_cgroup_cover_its_children() {
+    if skip() {
+        return;
+    }
+    let mut env = Env::new("ancestors");
+    let (_client_ctr_dir, client_ctr) = in_child_cgroup(&env.client, "ctr");
+    let (_server_ctr_dir, server_ctr) = in_child_cgroup(&env.server, "ctr");
+    let _tcp = server_ctr.serve(&[80, 81], Proto::Tcp).expect("server");
+    let level = cgroup_level(&env.client.cgroup_path);
+    assert_eq!(level, cgroup_level(&env.server.cgroup_path));
+    let target = env.server_v4();
+
+    // Client egress allows :80 only; server ingress allows :80 from the client only.
+    let mut m = env.base(1);
+    m.policy.insert(
+        key(CLIENT, SERVER, DIR_EGRESS, PROTO_TCP, 80, 16),
+        allow(10),
+    );
+    isolate(&mut m, CLIENT, DIR_EGRESS, 99);
+    m.policy.insert(
+        key(SERVER, CLIENT, DIR_INGRESS, PROTO_TCP, 81, 16),
+        allow(20),
+    );
+    isolate(&mut m, SERVER, DIR_INGRESS, 98);
+    env.dp().apply(&m).expect("apply");
+    // Without ancestor lookups the child cgroups are nobody: not enforced.
+    for port in [80, 81] {
+        assert_eq!(
+            env.net.probe(&client_ctr, target, port, Proto::Tcp),
+            ProbeResult::Connected,
+            "children not covered yet: :{port}"
+        );
+    }
+
+    // Bad levels are refused and change nothing.
+    for bad in [(0, level), (level, level - 1), (1, 1 + MAX_ANCESTOR_LEVELS)] {
+        let mut wrong = m.clone();
+        wrong.revision = 9;
+        wrong.ancestor_levels = Some(bad);
+        env.dp().apply(&wrong).expect_err("invalid ancestor levels");
+        assert_eq!(env.dp().revision().expect("revision"), 1, "{bad:?}");
+    }
+
+    // The workload's level (and one below it, where nothing is mapped) is looked up: the child
+    // processes now have the workloads' identities, at connect (client egress: EPERM) and at
+    // ingress (the server drops).
+    m.revision = 2;
+    m.ancestor_levels = Some((level, level + 1));
+    env.dp().apply(&m).expect("apply");
+    assert_eq!(
+        env.dp().current().expect("read").ancestor_levels,
+        Some((level, level + 1))
+    );
+    assert_eq!(
+        env.net.probe(&client_ctr, target, 81, Proto::Tcp),
+        ProbeResult::Denied,
+        "client egress applies to its child cgroup"
+    );
+    // :80 passes the client's egress and is dropped by the server's ingress policy (which
+    // allows :81 only), seen from the server's child cgroup.
+    assert_eq!(
+        env.net.probe(&client_ctr, target, 80, Proto::Tcp),
+        ProbeResult::Timeout,
+        "server ingress applies to its child cgroup"
+    );
+    // A child with a workload of its own keeps it (the leaf comes first): the client's child
+    // as an unrestricted identity.
+    m.revision = 3;
+    m.workloads.insert(
+        client_ctr.cgroup_id,
+        WorkloadValue {
+            identity: 300,
+            flags: 0,
+        },
+    );
+    env.dp().apply(&m).expect("apply");
+    // (The server still sees the client's address, identity CLIENT, which it allows on :81.)
+    assert_eq!(
+        env.net.probe(&client_ctr, target, 81, Proto::Tcp),
+        ProbeResult::Connected,
+        "leaf identity 300 is not egress-isolated: the leaf's own entry decides, not its parent's"
+    );
 }

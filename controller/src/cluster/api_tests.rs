@@ -162,6 +162,8 @@ struct Cluster {
     watches: BTreeMap<String, mpsc::Sender<Value>>,
     /// (hub revision when the write arrived, table written).
     writes: Vec<(u64, AllocationTable)>,
+    /// Status patches and created Events: (path, body).
+    reports: Vec<(String, Value)>,
 }
 
 const PODS: &str = "/api/v1/pods";
@@ -236,6 +238,11 @@ async fn serve(mut handle: Handle, cluster: Arc<Mutex<Cluster>>, hub: SyncHub) {
             c.writes.push((hub.revision(), stored_table(&cm)));
             c.configmap = Some(cm.clone());
             send.send_response(reply(200, &cm));
+        } else if r.method == Method::PATCH && r.path.ends_with("/status")
+            || r.method == Method::POST && r.path.contains("/events")
+        {
+            c.reports.push((r.path.clone(), r.body.clone()));
+            send.send_response(reply(200, &r.body));
         } else if r.is_watch() {
             let (response, tx) = watch_reply();
             c.watches.insert(r.path.clone(), tx);
@@ -250,6 +257,25 @@ async fn serve(mut handle: Handle, cluster: Arc<Mutex<Cluster>>, hub: SyncHub) {
             send.send_response(status(404, "NotFound"));
         }
     }
+}
+
+/// A mocked cluster serving `lists` (and the identity ConfigMap `configmap`), with its client
+/// and a hub.
+fn start_cluster(
+    lists: BTreeMap<&'static str, Vec<Value>>,
+    configmap: Option<Value>,
+) -> (kube::Client, SyncHub, Arc<Mutex<Cluster>>) {
+    let (client, handle) = mock::client();
+    let hub = SyncHub::default();
+    let cluster = Arc::new(Mutex::new(Cluster {
+        lists,
+        configmap,
+        watches: BTreeMap::new(),
+        writes: Vec::new(),
+        reports: Vec::new(),
+    }));
+    tokio::spawn(serve(handle, cluster.clone(), hub.clone()));
+    (client, hub, cluster)
 }
 
 /// Waits (failure guard only) until `f` holds.
@@ -322,15 +348,7 @@ fn assert_same_views(
 
 #[tokio::test]
 async fn run_publishes_what_a_fresh_compile_gives_and_stores_identities_first() {
-    let (client, handle) = mock::client();
-    let hub = SyncHub::default();
-    let cluster = Arc::new(Mutex::new(Cluster {
-        lists: cluster_lists(),
-        configmap: None,
-        watches: BTreeMap::new(),
-        writes: Vec::new(),
-    }));
-    tokio::spawn(serve(handle, cluster.clone(), hub.clone()));
+    let (client, hub, cluster) = start_cluster(cluster_lists(), None);
     let config = Config::new("bulkhead", "ids");
     let runner = tokio::spawn(super::run(client, hub.clone(), config));
     until("the initial publication", || hub.revision() > 0).await;
@@ -392,15 +410,10 @@ async fn a_restart_keeps_every_identity_number() {
         .cloned()
         .zip(numbers.iter().rev().copied())
         .collect();
-    let (client, handle) = mock::client();
-    let hub = SyncHub::default();
-    let cluster = Arc::new(Mutex::new(Cluster {
-        lists: cluster_lists(),
-        configmap: Some(configmap("5", &serde_json::to_value(&reversed).unwrap())),
-        watches: BTreeMap::new(),
-        writes: Vec::new(),
-    }));
-    tokio::spawn(serve(handle, cluster.clone(), hub.clone()));
+    let (client, hub, cluster) = start_cluster(
+        cluster_lists(),
+        Some(configmap("5", &serde_json::to_value(&reversed).unwrap())),
+    );
     let runner = tokio::spawn(super::run(
         client,
         hub.clone(),
@@ -434,4 +447,152 @@ async fn a_restart_keeps_every_identity_number() {
         "the test must distinguish the two numberings"
     );
     runner.abort();
+}
+
+#[tokio::test]
+async fn the_leader_reports_status_and_events_from_what_nodes_acknowledged() {
+    use crate::events::PolicyEvents;
+    use crate::status::StatusWriter;
+    let mut lists = cluster_lists();
+    let mut bad = seg_spec("pg", 5432);
+    bad["ingress"][0]["expiresAt"] = json!("not a time");
+    lists
+        .get_mut("/apis/bulkhead.dev/v1alpha1/segmentationpolicies")
+        .unwrap()
+        .push(v(segpol("db", "pg-bad", bad, 3)));
+    let (client, hub, cluster) = start_cluster(lists, None);
+    let controller = super::Controller::new(
+        hub.clone(),
+        Config::new("bulkhead", "ids"),
+        Arc::new(crate::metrics::Metrics::default()),
+    );
+    let run = controller.clone();
+    let run_client = client.clone();
+    let runner = tokio::spawn(async move { run.run(run_client).await });
+    let reporter = kube::runtime::events::Reporter {
+        controller: "bulkhead-controller".into(),
+        instance: Some("c-0".into()),
+    };
+    let reports = tokio::spawn(super::report::report(
+        controller.clone(),
+        StatusWriter::new(client.clone()),
+        PolicyEvents::new(client, reporter),
+        Duration::from_millis(20),
+    ));
+    let pg = "/apis/bulkhead.dev/v1alpha1/namespaces/db/segmentationpolicies/pg/status";
+    let status_of = |path: &str, f: &dyn Fn(&Value) -> bool| {
+        cluster
+            .lock()
+            .unwrap()
+            .reports
+            .iter()
+            .any(|(p, body)| p == path && f(&body["status"]))
+    };
+    let condition = |s: &Value, t: &str| -> String {
+        s["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == t))
+            .map(|c| c["status"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default()
+    };
+    // pg runs on n2, which has acknowledged nothing: 1 desired, 0 realized.
+    until("pg's first status", || {
+        status_of(pg, &|s| {
+            s["desiredNodes"] == 1
+                && s["realizedNodes"] == 0
+                && condition(s, "Realized") == "False"
+                && condition(s, "Valid") == "True"
+        })
+    })
+    .await;
+    hub.acknowledge_for_test("n2", hub.revision());
+    until("pg realized", || {
+        status_of(pg, &|s| {
+            s["realizedNodes"] == 1 && condition(s, "Realized") == "True"
+        })
+    })
+    .await;
+    // The invalid policy: Valid=False with the field, at its generation, and a Warning Event.
+    let bad_path = "/apis/bulkhead.dev/v1alpha1/namespaces/db/segmentationpolicies/pg-bad/status";
+    until("pg-bad's status", || {
+        status_of(bad_path, &|s| {
+            s["observedGeneration"] == 3 && condition(s, "Valid") == "False"
+        })
+    })
+    .await;
+    until("the InvalidPolicy event", || {
+        cluster.lock().unwrap().reports.iter().any(|(p, body)| {
+            p.contains("/events")
+                && body["reason"] == "InvalidPolicy"
+                && body["regarding"]["name"] == "pg-bad"
+                && body["note"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("expiresAt")
+        })
+    })
+    .await;
+    // NetworkPolicies get no status writes.
+    assert!(
+        !cluster
+            .lock()
+            .unwrap()
+            .reports
+            .iter()
+            .any(|(p, _)| p.contains("networkpolicies"))
+    );
+    reports.abort();
+    runner.abort();
+}
+
+#[tokio::test]
+async fn a_replica_leads_only_while_elected() {
+    let (client, hub, cluster) = start_cluster(cluster_lists(), None);
+    let controller = super::Controller::new(
+        hub.clone(),
+        Config::new("bulkhead", "ids"),
+        Arc::new(crate::metrics::Metrics::default()),
+    );
+    let (elected, leading) = tokio::sync::watch::channel(false);
+    let reporter = kube::runtime::events::Reporter {
+        controller: "bulkhead-controller".into(),
+        instance: Some("c-0".into()),
+    };
+    let replica = controller.clone();
+    let task = tokio::spawn(async move {
+        super::lead::lead_when_elected(
+            &replica,
+            &client,
+            &reporter,
+            Duration::from_millis(20),
+            leading,
+        )
+        .await
+    });
+    // A standby: refuses enforcers, not ready, publishes and writes nothing.
+    until("standing by", || !hub.serving()).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(hub.revision(), 0);
+    assert!(cluster.lock().unwrap().writes.is_empty());
+    let ready = controller.ready();
+    assert!(!ready.load(std::sync::atomic::Ordering::Acquire));
+    // Elected: publishes, then serves and is ready.
+    elected.send_replace(true);
+    until("leading", || {
+        hub.serving() && ready.load(std::sync::atomic::Ordering::Acquire)
+    })
+    .await;
+    assert!(hub.revision() > 0);
+    // Deposed: stands by again; a new term reloads and publishes again.
+    elected.send_replace(false);
+    until("deposed", || {
+        !hub.serving() && !ready.load(std::sync::atomic::Ordering::Acquire)
+    })
+    .await;
+    elected.send_replace(true);
+    until("leading again", || hub.serving()).await;
+    // The elector stops: so does the replica.
+    drop(elected);
+    task.await.unwrap().unwrap();
+    assert!(!hub.serving());
 }

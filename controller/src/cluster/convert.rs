@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::ResourceExt;
 
-use bulkhead_policy::model::{ClusterSegmentationPolicy, SegmentationPolicy};
+use bulkhead_policy::model::{ClusterSegmentationPolicy, PolicyStatus, SegmentationPolicy};
 
 /// A pod as the pipeline keeps it: the workload it compiles to, where it runs and its UID.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,14 +130,34 @@ pub fn namespace_labels(labels: &BTreeMap<String, String>) -> BTreeMap<String, S
     labels
 }
 
-/// A policy object as the pipeline keeps it: the object (without the server's bookkeeping) and
-/// its `metadata.generation`.
+/// A policy object as the pipeline keeps it: the object (without the server's bookkeeping and
+/// without its status), its `metadata.generation`, and the status stored on it (what the status
+/// writer compares with).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PolicyInput {
     /// The object.
     pub object: PolicyObject,
     /// `metadata.generation` (0 when the server sets none).
     pub generation: i64,
+    /// The stored status (None for a NetworkPolicy, or when none was written yet).
+    pub status: Option<PolicyStatus>,
+}
+
+impl PolicyInput {
+    /// Whether `other` is the same object and generation (its status aside).
+    pub fn same_spec(&self, other: &PolicyInput) -> bool {
+        self.generation == other.generation && self.object == other.object
+    }
+
+    /// The object's `metadata.uid`.
+    pub fn uid(&self) -> Option<&str> {
+        let meta = match &self.object {
+            PolicyObject::NetworkPolicy(o) => &o.metadata,
+            PolicyObject::Segmentation(o) => &o.metadata,
+            PolicyObject::ClusterSegmentation(o) => &o.metadata,
+        };
+        meta.uid.as_deref()
+    }
 }
 
 /// Drops what the compiler never reads and what changes without the spec changing (status,
@@ -156,6 +176,7 @@ pub fn network_policy(o: &NetworkPolicy) -> PolicyInput {
     PolicyInput {
         object: PolicyObject::NetworkPolicy(o),
         generation,
+        status: None,
     }
 }
 
@@ -163,10 +184,11 @@ pub fn network_policy(o: &NetworkPolicy) -> PolicyInput {
 pub fn segmentation_policy(o: &SegmentationPolicy) -> PolicyInput {
     let mut o = o.clone();
     let generation = trim(&mut o.metadata);
-    o.status = None;
+    let status = o.status.take();
     PolicyInput {
         object: PolicyObject::Segmentation(o),
         generation,
+        status,
     }
 }
 
@@ -174,9 +196,10 @@ pub fn segmentation_policy(o: &SegmentationPolicy) -> PolicyInput {
 pub fn cluster_segmentation_policy(o: &ClusterSegmentationPolicy) -> PolicyInput {
     let mut o = o.clone();
     let generation = trim(&mut o.metadata);
-    o.status = None;
+    let status = o.status.take();
     PolicyInput {
         object: PolicyObject::ClusterSegmentation(o),
         generation,
+        status,
     }
 }

@@ -7,14 +7,18 @@
 //! - [`watch`]: watch events as pipeline changes (re-lists included);
 //! - [`identities`]: the identity allocation table persisted in a ConfigMap;
 //! - [`progress`]: per-policy realization (desired and realized nodes) for the status writer;
-//! - [`run`](mod@run): the watchers and the loop that compiles, stores identities and publishes.
+//! - [`run`](mod@run): the watchers and the loop that compiles, stores identities and publishes;
+//! - [`report`]: the loop that writes each policy's status and Events from its progress;
+//! - [`lead`]: leading (pipeline and reports) while elected, standing by otherwise.
 //!
 //! Entry point: [`run()`] (or [`Controller`] for access to progress and readiness).
 
 pub mod convert;
 pub mod identities;
+pub mod lead;
 pub mod pipeline;
 pub mod progress;
+pub mod report;
 pub mod run;
 pub mod subject;
 pub mod watch;

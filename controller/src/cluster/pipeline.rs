@@ -69,6 +69,8 @@ pub struct PolicyRecord {
     pub valid: Result<(), String>,
     /// The version the compiler holds (the last valid one).
     pub applied: Option<PolicyInput>,
+    /// The observed version changed since the last flush (`valid` is about an older one).
+    pub pending: bool,
 }
 
 /// What one [`Pipeline::flush`] did.
@@ -165,9 +167,11 @@ impl Pipeline {
                 let input = *input;
                 let key = input.object.key();
                 match self.policies.get_mut(&key) {
-                    Some(r) if r.input == input => {}
+                    // Only the stored status (or other bookkeeping) changed.
+                    Some(r) if r.input.same_spec(&input) => r.input.status = input.status,
                     Some(r) => {
                         r.input = input;
+                        r.pending = true;
                         self.dirty_policies.insert(key);
                     }
                     None => {
@@ -178,6 +182,7 @@ impl Pipeline {
                                 input,
                                 valid: Ok(()),
                                 applied: None,
+                                pending: true,
                             },
                         );
                         self.dirty_policies.insert(key);
@@ -234,6 +239,22 @@ impl Pipeline {
         self.compiler.as_ref().map(Incremental::state)
     }
 
+    /// A copy of the compiled state as the hub needs it: the maps, rules and workloads, without
+    /// `identities` and `next_change` (the hub reads neither; the identity descriptions are the
+    /// largest part to copy).
+    pub fn publishable_state(&self) -> Option<CompiledState> {
+        let s = self.state()?;
+        Some(CompiledState {
+            policy: s.policy.clone(),
+            defaults: s.defaults.clone(),
+            addresses: s.addresses.clone(),
+            workloads: s.workloads.clone(),
+            identities: BTreeMap::new(),
+            rules: s.rules.clone(),
+            next_change: None,
+        })
+    }
+
     /// The allocation table the compiler holds (the seed before the first flush).
     pub fn table(&self) -> Option<&AllocationTable> {
         match &self.compiler {
@@ -282,22 +303,32 @@ impl Pipeline {
     fn initial(&mut self, now: Timestamp, out: &mut Flushed) -> Result<(), PipelineError> {
         let result = self.try_initial(now, out);
         if result.is_err() {
-            self.applied.clear();
-            self.ip_owner.clear();
-            self.short.clear();
-            self.assignment.clear();
-            for record in self.policies.values_mut() {
-                record.applied = None;
-            }
+            self.start_over(self.seed.clone().unwrap_or_default());
             out.policies.clear();
         }
         result
+    }
+
+    /// Forgets what was applied: the next flush is a full compile of everything observed,
+    /// starting from `table`.
+    fn start_over(&mut self, table: AllocationTable) {
+        self.compiler = None;
+        self.seed = Some(table);
+        self.applied.clear();
+        self.ip_owner.clear();
+        self.short.clear();
+        self.assignment.clear();
+        for record in self.policies.values_mut() {
+            record.applied = None;
+            record.pending = true;
+        }
     }
 
     fn try_initial(&mut self, now: Timestamp, out: &mut Flushed) -> Result<(), PipelineError> {
         let table = self.seed.clone().unwrap_or_default();
         let mut policies = PolicySet::new();
         for (key, record) in &mut self.policies {
+            record.pending = false;
             match policies.apply(SOURCE, record.input.object.clone()) {
                 Ok(_) => {
                     record.valid = Ok(());
@@ -496,6 +527,7 @@ impl Pipeline {
                 return Ok(());
             };
             let at = c.at();
+            let table = c.table().clone();
             let (compiler, policies, mut inventory, _) = c.into_parts();
             for name in &added {
                 inventory.namespaces.push(Namespace {
@@ -503,9 +535,14 @@ impl Pipeline {
                     labels: self.namespaces[*name].clone(),
                 });
             }
-            let rebuilt = Incremental::new(compiler, policies, inventory, at)
-                .map_err(PipelineError::Compile)?;
-            self.compiler = Some(rebuilt);
+            match Incremental::new(compiler, policies, inventory, at) {
+                Ok(rebuilt) => self.compiler = Some(rebuilt),
+                Err(e) => {
+                    // The compiler is gone with its inputs: start over from the same table.
+                    self.start_over(table);
+                    return Err(PipelineError::Compile(e));
+                }
+            }
             out.compiler_calls += 1;
             out.full_compiles += 1;
             out.changed = true;
@@ -568,7 +605,12 @@ impl Pipeline {
                     }
                 }
                 Some(record) => {
-                    if record.applied.as_ref() == Some(&record.input) {
+                    record.pending = false;
+                    if record
+                        .applied
+                        .as_ref()
+                        .is_some_and(|a| a.same_spec(&record.input))
+                    {
                         continue;
                     }
                     out.compiler_calls += 1;

@@ -10,14 +10,19 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bulkhead_policy::ObjectKey;
+use bulkhead_policy::model::PolicyStatus;
 
 use super::pipeline::Pipeline;
 
 /// The status inputs of one policy object.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PolicyProgress {
     /// The object.
     pub key: ObjectKey,
+    /// Its `metadata.uid`.
+    pub uid: Option<String>,
+    /// The status stored on it (as last observed).
+    pub stored_status: Option<PolicyStatus>,
     /// `metadata.generation` as last observed.
     pub generation: i64,
     /// Whether that generation is valid (the one-line validation error otherwise).
@@ -88,7 +93,8 @@ impl Tracker {
         }
     }
 
-    /// The progress of every observed policy object. `desired` and `realized` are the hub's
+    /// The progress of every observed policy object whose latest version was compiled (one
+    /// changed since the last flush is left out until the next). `desired` and `realized` are the hub's
     /// node -> revision maps, `revision` its latest revision.
     pub fn progress(
         &mut self,
@@ -99,8 +105,13 @@ impl Tracker {
     ) -> Vec<PolicyProgress> {
         let mut out = Vec::with_capacity(pipeline.policies().len());
         for (key, record) in pipeline.policies() {
+            if record.pending {
+                continue;
+            }
             let mut p = PolicyProgress {
                 key: key.clone(),
+                uid: record.input.uid().map(str::to_owned),
+                stored_status: record.input.status.clone(),
                 generation: record.input.generation,
                 valid: record.valid.clone(),
                 applied_generation: record.applied.as_ref().map(|a| a.generation),

@@ -27,6 +27,9 @@ use super::watch::{Lists, Object, Watched};
 use crate::metrics::{KindLabels, Metrics};
 use crate::sync::SyncHub;
 
+/// Pause after a failed compile.
+const COMPILE_RETRY: Duration = Duration::from_secs(1);
+
 /// Settings of [`Controller::run`].
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -155,6 +158,11 @@ impl Controller {
         &self.inner.hub
     }
 
+    /// The metrics it counts into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
     /// The readiness flag (true once the initial lists are published).
     pub fn ready(&self) -> Arc<AtomicBool> {
         self.inner.ready.clone()
@@ -183,7 +191,8 @@ impl Controller {
     /// Watches the cluster with `client` and publishes to the hub until a watch ends or the
     /// identity table cannot be kept (the caller stops it by dropping the future). Each call
     /// starts from scratch: it loads the identity table, lists every kind, compiles once and
-    /// publishes, then follows the changes.
+    /// publishes (then the hub serves, see [`SyncHub::set_serving`], and the controller is
+    /// ready), then follows the changes.
     pub async fn run(&self, client: Client) -> Result<(), RunError> {
         let config = &self.inner.config;
         let (mut store, table) = IdentityStore::load(
@@ -293,6 +302,9 @@ impl Controller {
             Err(e) => {
                 tracing::error!(error = %e, "compile failed; the last published state stays");
                 metrics.error("compile");
+                // The inputs are retried with the next batch; a pause keeps a failure that
+                // recurs by itself (a due time window) from spinning.
+                tokio::time::sleep(COMPILE_RETRY).await;
                 return Ok(());
             }
         };
@@ -314,7 +326,7 @@ impl Controller {
             let revision = tokio::task::spawn_blocking(move || {
                 let mut core = this.core();
                 let Core { pipeline, tracker } = core.as_mut()?;
-                let state = pipeline.state()?.clone();
+                let state = pipeline.publishable_state()?;
                 let hub = &this.inner.hub;
                 let revision = hub.update(state, pipeline.assignment());
                 tracker.published(pipeline, &flushed.policies, revision, &hub.desired());
@@ -330,6 +342,9 @@ impl Controller {
         }
         metrics.publish_seconds.observe(seconds(compiled.elapsed()));
         if !self.inner.ready.swap(true, Ordering::AcqRel) {
+            // A hub that stood by (see `lead`) serves again once it holds this run's state,
+            // never the state of an earlier term.
+            self.inner.hub.set_serving(true);
             tracing::info!(
                 revision = self.inner.hub.revision(),
                 "initial lists compiled and published"

@@ -447,7 +447,7 @@ fn realization_counts_nodes_that_acknowledged_the_generation() {
     let mut tracker = Tracker::default();
     let publish = |p: &mut Pipeline, tracker: &mut Tracker| {
         let f = p.flush(at()).unwrap();
-        let r = hub.update(p.state().unwrap().clone(), p.assignment());
+        let r = hub.update(p.publishable_state().unwrap(), p.assignment());
         tracker.published(p, &f.policies, r, &hub.desired());
         r
     };
@@ -539,4 +539,144 @@ fn subject_nodes_follow_each_kind() {
     let web = json!({"subject": {"podSelector": {"matchLabels": {"app": "web"}},
                                  "serviceAccounts": ["app"]}});
     assert_eq!(nodes(cluster(web)), ["n1"]);
+}
+
+#[test]
+fn a_status_write_recompiles_nothing_and_unflushed_edits_report_nothing() {
+    let mut p = Pipeline::new(AllocationTable::new());
+    let mut lists = shop(&mut p);
+    p.flush(at()).unwrap();
+    let mut written = segpol("db", "pg", seg_spec("pg", 5432), 1);
+    written.metadata.resource_version = Some("42".into());
+    written.status = Some(bulkhead_policy::model::PolicyStatus {
+        observed_generation: Some(1),
+        ..Default::default()
+    });
+    lists.take(Event::Apply(written), &mut p);
+    assert!(!p.dirty());
+    let key = ObjectKey {
+        kind: Kind::SegmentationPolicy,
+        namespace: Some("db".into()),
+        name: "pg".into(),
+    };
+    let hub = SyncHub::default();
+    let mut tracker = Tracker::default();
+    let progress = tracker.progress(&p, &hub.desired(), &hub.realized(), 0);
+    let x = progress.iter().find(|x| x.key == key).unwrap();
+    assert_eq!(
+        x.stored_status.as_ref().unwrap().observed_generation,
+        Some(1)
+    );
+    // An edit not flushed yet: its validity is unknown, so it is not reported.
+    lists.take(
+        Event::Apply(segpol("db", "pg", seg_spec("pg", 5433), 2)),
+        &mut p,
+    );
+    let progress = tracker.progress(&p, &hub.desired(), &hub.realized(), 0);
+    assert!(progress.iter().all(|x| x.key != key));
+    p.flush(at()).unwrap();
+    let progress = tracker.progress(&p, &hub.desired(), &hub.realized(), 0);
+    let x = progress.iter().find(|x| x.key == key).unwrap();
+    assert_eq!((x.generation, x.applied_generation), (2, Some(2)));
+}
+
+/// Measurement (run with `--release -- --ignored --nocapture`): a cluster of `nodes` nodes,
+/// `pods` pods over 100 namespaces (10 label sets per namespace), one NetworkPolicy and one
+/// SegmentationPolicy per namespace; the initial lists, then one pod relabel, each compiled and
+/// published. Checks the final state against a fresh compile.
+#[test]
+#[ignore = "measurement"]
+fn scale_initial_lists_and_one_pod_event() {
+    use std::time::Instant;
+    let (nodes, pods) = (500, 10_000);
+    let mut p = Pipeline::new(AllocationTable::new());
+    let mut lists = Lists::default();
+    let namespaces: Vec<_> = (0..100)
+        .map(|i| namespace(&format!("ns-{i}"), json!({"team": format!("t{}", i % 7)})))
+        .collect();
+    list(&mut lists, &mut p, namespaces);
+    list(
+        &mut lists,
+        &mut p,
+        (0..nodes).map(|i| node(&format!("node-{i}"))).collect(),
+    );
+    let pod_at = |i: usize, app: &str| {
+        let ip = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
+        pod(
+            &format!("ns-{}", i % 100),
+            &format!("pod-{i}"),
+            &format!("node-{}", i % nodes),
+            json!({"app": app}),
+            Some(&ip),
+        )
+    };
+    list(
+        &mut lists,
+        &mut p,
+        (0..pods)
+            .map(|i| pod_at(i, &format!("app-{}", (i / 100) % 10)))
+            .collect(),
+    );
+    list(
+        &mut lists,
+        &mut p,
+        (0..100)
+            .map(|i| netpol(&format!("ns-{i}"), "np", "app-0", 8080, 1))
+            .collect(),
+    );
+    list(
+        &mut lists,
+        &mut p,
+        (0..100)
+            .map(|i| segpol(&format!("ns-{i}"), "sp", seg_spec("app-1", 9090), 1))
+            .collect(),
+    );
+    list::<bulkhead_policy::model::ClusterSegmentationPolicy>(&mut lists, &mut p, vec![]);
+    let hub = SyncHub::default();
+    let t = Instant::now();
+    let f = p.flush(at()).unwrap();
+    let compiled = t.elapsed();
+    let r = hub.update(p.publishable_state().unwrap(), p.assignment());
+    let published = t.elapsed();
+    println!(
+        "initial lists ({nodes} nodes, {pods} pods, 200 policies, {} identities): compile {compiled:?}, compile + publish {published:?}, revision {r}",
+        p.table().unwrap().entries().len()
+    );
+    assert_eq!(f.full_compiles, 1);
+    // One pod relabelled to a new label set.
+    lists.take(Event::Apply(pod_at(5, "moved")), &mut p);
+    let t = Instant::now();
+    let f = p.flush(at()).unwrap();
+    let compiled = t.elapsed();
+    hub.update(p.publishable_state().unwrap(), p.assignment());
+    let published = t.elapsed();
+    println!(
+        "one pod relabel: compile {compiled:?} ({} compiler call), compile + publish {published:?}",
+        f.compiler_calls
+    );
+    let state = p.state().unwrap().clone();
+    let policies: Vec<PolicyObject> = p
+        .policies()
+        .values()
+        .map(|r| r.input.object.clone())
+        .collect();
+    let mut namespaces_in = Vec::new();
+    let names: Vec<String> = (0..100).map(|i| format!("ns-{i}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        namespaces_in.push((n.as_str(), labels(json!({"team": format!("t{}", i % 7)}))));
+    }
+    let workloads: Vec<Workload> = (0..pods)
+        .map(|i| {
+            let app = if i == 5 {
+                "moved".to_owned()
+            } else {
+                format!("app-{}", (i / 100) % 10)
+            };
+            convert::pod(&pod_at(i, &app)).unwrap().workload
+        })
+        .collect();
+    assert_eq!(
+        state,
+        fresh(&table(&p), policies, &namespaces_in, workloads)
+    );
 }

@@ -42,6 +42,20 @@ impl Attribution {
             .extend(state.rules.iter().map(|(id, r)| (*id, r.clone())));
     }
 
+    /// Cluster mode: the node's pods by cgroup, and the rules of the view (added to those
+    /// known). The view names no remote workload by address, so peers are logged by address and
+    /// identity only.
+    pub fn update_local(
+        &mut self,
+        by_cgroup: BTreeMap<u64, WorkloadRef>,
+        rules: impl IntoIterator<Item = (u32, RuleRef)>,
+    ) {
+        self.by_cgroup = by_cgroup;
+        self.by_ip.clear();
+        self.ips.clear();
+        self.rules.extend(rules);
+    }
+
     /// Rules known so far (persisted, so a restarted agent attributes older events).
     pub fn rules(&self) -> &HashMap<u32, RuleRef> {
         &self.rules

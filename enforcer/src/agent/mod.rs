@@ -8,8 +8,10 @@
 //! enforcing the last state: the programs, links and maps are pinned).
 
 pub mod attribution;
+pub mod cluster;
 pub mod desired;
 pub mod state;
+pub mod verdicts;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -22,10 +24,10 @@ use bulkhead_policy::{CompiledState, Compiler, Inventory, PolicySet};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::datapath::{self, BootClock, Datapath, EventBatch};
-use crate::metrics::{MapLabels, Metrics, VerdictLabels};
-use crate::verdict_log::{LossRecord, VerdictLog};
+use crate::metrics::Metrics;
 use attribution::Attribution;
 use state::StateDir;
+use verdicts::Verdicts;
 
 /// Configuration of the standalone agent.
 #[derive(Clone, Debug)]
@@ -55,17 +57,33 @@ struct Agent {
     state_dir: StateDir,
     attribution: Attribution,
     clock: BootClock,
-    log: VerdictLog,
+    verdicts: Verdicts,
     metrics: Arc<Metrics>,
     /// The last inputs that compiled (what the kernel enforces).
     good: Option<(PolicySet, Inventory)>,
     next_change: Option<jiff::Timestamp>,
     missing_cgroups: usize,
-    /// Lost events already in the log, by this process or its predecessors (the kernel's
-    /// counter runs since install, and a new reader's first batch reports all of it).
-    losses_logged: u64,
-    /// Subtracted from the first loss report of this process.
-    loss_baseline: u64,
+}
+
+/// Installs or adopts the datapath pinned under `bpffs` (attached to `attach_to`), opens the
+/// state directory, and loads the rules known to predecessors (for attributing their events).
+pub fn open_node(
+    bpffs: &Path,
+    attach_to: &Path,
+    state_dir: &Path,
+) -> Result<(Datapath, StateDir, Attribution)> {
+    let datapath = Datapath::install_or_adopt(bpffs, attach_to)
+        .with_context(|| format!("installing the datapath under {}", bpffs.display()))?;
+    tracing::info!(origin = ?datapath.origin(), bpffs = %bpffs.display(),
+        cgroup = %attach_to.display(), "datapath ready");
+    let state_dir = StateDir::open(state_dir)
+        .with_context(|| format!("opening state directory {}", state_dir.display()))?;
+    let mut attribution = Attribution::default();
+    attribution.add_rules(state_dir.load_rules().unwrap_or_else(|error| {
+        tracing::warn!(%error, "rule table unreadable; starting a new one");
+        Default::default()
+    }));
+    Ok((datapath, state_dir, attribution))
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -74,35 +92,14 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     let (policies, inventory) = load_inputs(&config.policies, &config.inventory)?;
     let cgroup_root = datapath::find_cgroup2_mount().context("finding the cgroup v2 mount")?;
     let attach_to = config.cgroup.clone().unwrap_or_else(|| cgroup_root.clone());
-    let datapath = Datapath::install_or_adopt(&config.bpffs, &attach_to)
-        .with_context(|| format!("installing the datapath under {}", config.bpffs.display()))?;
-    tracing::info!(origin = ?datapath.origin(), bpffs = %config.bpffs.display(),
-        cgroup = %attach_to.display(), "datapath ready");
-    let state_dir = StateDir::open(&config.state_dir)
-        .with_context(|| format!("opening state directory {}", config.state_dir.display()))?;
-    let mut attribution = Attribution::default();
-    attribution.add_rules(state_dir.load_rules().unwrap_or_else(|error| {
-        tracing::warn!(%error, "rule table unreadable; starting a new one");
-        Default::default()
-    }));
+    let (datapath, state_dir, attribution) =
+        open_node(&config.bpffs, &attach_to, &config.state_dir)?;
     let table = state_dir
         .load_table()
         .context("reading the identity allocation table")?;
-    let losses_logged = match datapath.origin() {
-        datapath::Origin::Adopted => state_dir.load_losses_logged().unwrap_or(0),
-        datapath::Origin::Installed => 0,
-    };
-    let log = VerdictLog::open(&config.log)
-        .with_context(|| format!("opening the verdict log {}", config.log.display()))?;
     let metrics = Arc::new(Metrics::default());
-    if let Some(addr) = config.metrics {
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(async move {
-            if let Err(error) = crate::metrics::serve(addr, metrics).await {
-                tracing::error!(%error, %addr, "metrics endpoint failed");
-            }
-        });
-    }
+    let verdicts = Verdicts::open(&config.log, Arc::clone(&metrics), &datapath, &state_dir)?;
+    verdicts::spawn_metrics(config.metrics, &metrics);
     let mut agent = Agent {
         config,
         cgroup_root,
@@ -111,13 +108,11 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         state_dir,
         attribution,
         clock: datapath::boot_time_offset(),
-        log,
+        verdicts,
         metrics,
         good: None,
         next_change: None,
         missing_cgroups: 0,
-        losses_logged,
-        loss_baseline: losses_logged,
     };
     agent.enforce(policies, inventory)?;
     agent.serve().await
@@ -164,21 +159,7 @@ impl Agent {
         tracing::info!(revision, ?stats.policy, ?stats.workloads, "kernel maps updated");
         self.attribution.update(compiled, translation.by_cgroup);
         self.metrics.policy_revision.set(revision as i64);
-        if let Ok(fill) = self.datapath.map_fill() {
-            for map in fill {
-                let labels = MapLabels {
-                    map: map.name.to_owned(),
-                };
-                self.metrics
-                    .map_entries
-                    .get_or_create(&labels)
-                    .set(i64::from(map.entries));
-                self.metrics
-                    .map_capacity
-                    .get_or_create(&labels)
-                    .set(i64::from(map.max_entries));
-            }
-        }
+        verdicts::record_map_fill(&self.metrics, &self.datapath);
         if let Err(error) = self.state_dir.save_table(self.compiler.table()) {
             tracing::error!(%error, "could not persist the identity table");
         }
@@ -253,50 +234,14 @@ impl Agent {
             }
         }
         // Drain what the kernel has already decided, then leave it enforcing.
-        let batch = events.try_next_batch()?;
-        self.log_batch(batch)?;
-        self.log.sync()?;
+        self.verdicts
+            .drain(&mut events, &self.attribution, &self.clock, &self.state_dir)?;
         tracing::info!("stopping; the kernel keeps enforcing the last policy (pinned)");
         Ok(())
     }
 
     fn log_batch(&mut self, batch: EventBatch) -> Result<()> {
-        for event in &batch.events {
-            let record = self.attribution.record(event, &self.clock);
-            let policy = record.policy.as_ref().map_or_else(
-                || "default".to_owned(),
-                |p| match &p.namespace {
-                    Some(ns) => format!("{}/{ns}/{}", p.kind, p.name),
-                    None => format!("{}/{}", p.kind, p.name),
-                },
-            );
-            self.metrics
-                .verdicts
-                .get_or_create(&VerdictLabels {
-                    direction: record.direction.to_owned(),
-                    verdict: record.verdict.to_owned(),
-                    policy,
-                })
-                .inc();
-            self.log.write_verdict(&record)?;
-        }
-        let lost = batch
-            .lost
-            .saturating_sub(std::mem::take(&mut self.loss_baseline));
-        if lost > 0 {
-            self.metrics.events_lost.inc_by(lost);
-            tracing::warn!(lost, "verdict events lost (ring buffer full)");
-            self.log.write_loss(&LossRecord {
-                time: jiff::Timestamp::now().to_string(),
-                event: "lost",
-                count: lost,
-            })?;
-            self.losses_logged += lost;
-            if let Err(error) = self.state_dir.save_losses_logged(self.losses_logged) {
-                tracing::error!(%error, "could not persist the lost-event count");
-            }
-        }
-        self.log.flush()?;
-        Ok(())
+        self.verdicts
+            .write(batch, &self.attribution, &self.clock, &self.state_dir)
     }
 }

@@ -113,6 +113,11 @@ fn endpoint(config: &ClientConfig) -> Result<Endpoint, ClientError> {
     }
 }
 
+/// Checks the configuration without connecting: the URL, the TLS files, dev mode's loopback rule.
+pub fn check(config: &ClientConfig) -> Result<(), ClientError> {
+    endpoint(config).map(drop)
+}
+
 /// Connects once (TLS handshake included).
 pub async fn connect(config: &ClientConfig) -> Result<PolicySyncClient<Channel>, ClientError> {
     let channel = endpoint(config)?
@@ -132,7 +137,7 @@ pub async fn run(
     mut held: Held,
     enforce: &mut dyn Enforce,
 ) -> Result<Infallible, ClientError> {
-    endpoint(config)?;
+    check(config)?;
     let mut attempt = 0u32;
     loop {
         match session(config, &mut held, enforce, &mut attempt).await {

@@ -7,23 +7,48 @@
 //! state stays in force; the client reconnects with exponential, capped, jittered backoff and
 //! resumes from the held revision.
 //!
-//! Pods reach the `WORKLOADS` map through their cgroup, which [`PodCgroups`] finds by pod UID.
+//! Pods reach the `WORKLOADS` map through their cgroups, which [`PodCgroups`] finds by pod UID
+//! ([`pods::KubeletCgroups`] under the kubelet's hierarchy; [`watch::CgroupWatcher`] says when
+//! cgroups appear).
 
 mod client;
+pub mod pods;
 #[cfg(test)]
 mod tests;
+pub mod watch;
+
+use std::collections::BTreeMap;
 
 use bulkhead_proto::{ControllerMsg, NodeView, PodRef, Problem, WireError};
 use enforcer_common::{PolicyValue, WorkloadValue, identity};
 
 use crate::datapath::{BootClock, DesiredMaps};
 
-pub use client::{Backoff, ClientConfig, ClientError, connect, run};
+pub use client::{Backoff, ClientConfig, ClientError, check, connect, run};
 
-/// Finds a pod's cgroup (the cgroup v2 directory's inode) by its UID.
+/// Finds a pod's cgroups (cgroup v2 directories' inodes) by its UID.
 pub trait PodCgroups {
-    /// The pod's cgroup id, if its cgroup exists.
-    fn cgroup_id(&self, pod_uid: &str) -> Option<u64>;
+    /// The ids of every cgroup of the pod (its own and its containers'); empty when its cgroup
+    /// does not exist.
+    fn cgroup_ids(&self, pod_uid: &str) -> Vec<u64>;
+
+    /// The absolute cgroup levels of pod cgroups (`DesiredMaps::ancestor_levels`), when known:
+    /// the kernel then finds a container's pod through its ancestors, even before the
+    /// container's own cgroup is mapped.
+    fn pod_levels(&self) -> Option<(u16, u16)> {
+        None
+    }
+}
+
+/// The kernel maps of a held state, and how its pods were found.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Desired {
+    /// The maps to apply.
+    pub maps: DesiredMaps,
+    /// Cgroup id -> the pod it belongs to.
+    pub by_cgroup: BTreeMap<u64, PodRef>,
+    /// Pods whose cgroup was not found (not enforced until it is).
+    pub missing: Vec<PodRef>,
 }
 
 /// Which kind of message produced a state.
@@ -93,13 +118,8 @@ impl Held {
     }
 
     /// The desired kernel maps of this state: pods through their cgroups, validity windows on
-    /// the boot clock, the sync revision as the maps' revision. Also returns the pods whose
-    /// cgroup was not found (not enforced until it is).
-    pub fn desired(
-        &self,
-        cgroups: &dyn PodCgroups,
-        clock: &BootClock,
-    ) -> (DesiredMaps, Vec<PodRef>) {
+    /// the boot clock, the sync revision as the maps' revision.
+    pub fn desired(&self, cgroups: &dyn PodCgroups, clock: &BootClock) -> Desired {
         let to_boot = |v: &PolicyValue| PolicyValue {
             not_before: clock.to_boot_ns(v.not_before),
             expires_at: clock.to_boot_ns(v.expires_at),
@@ -108,19 +128,23 @@ impl Held {
         let mut maps = DesiredMaps {
             revision: self.revision,
             unmanaged_identity: identity::UNMANAGED,
+            ancestor_levels: cgroups.pod_levels(),
             ..DesiredMaps::default()
         };
         let mut missing = Vec::new();
+        let mut by_cgroup = BTreeMap::new();
         for (pod, id) in &self.view.workloads {
-            match cgroups.cgroup_id(&pod.uid) {
-                Some(cgroup) => {
-                    let value = WorkloadValue {
-                        identity: *id,
-                        flags: 0,
-                    };
-                    maps.workloads.insert(cgroup, value);
-                }
-                None => missing.push(pod.clone()),
+            let ids = cgroups.cgroup_ids(&pod.uid);
+            if ids.is_empty() {
+                missing.push(pod.clone());
+            }
+            for cgroup in ids {
+                let value = WorkloadValue {
+                    identity: *id,
+                    flags: 0,
+                };
+                maps.workloads.insert(cgroup, value);
+                by_cgroup.insert(cgroup, pod.clone());
             }
         }
         maps.addresses = self
@@ -141,6 +165,10 @@ impl Held {
             .iter()
             .map(|(k, v)| (*k, to_boot(v)))
             .collect();
-        (maps, missing)
+        Desired {
+            maps,
+            by_cgroup,
+            missing,
+        }
     }
 }

@@ -156,8 +156,12 @@ async fn snapshot_then_deltas_with_monotonic_revisions_and_acks_realize() {
     // The enforced state translates to maps: the pod's cgroup, times on the boot clock.
     struct Cg;
     impl PodCgroups for Cg {
-        fn cgroup_id(&self, uid: &str) -> Option<u64> {
-            (uid == "uid-a").then_some(4242)
+        fn cgroup_ids(&self, uid: &str) -> Vec<u64> {
+            if uid == "uid-a" {
+                vec![4242, 4243]
+            } else {
+                Vec::new()
+            }
         }
     }
     let held = {
@@ -168,13 +172,20 @@ async fn snapshot_then_deltas_with_monotonic_revisions_and_acks_realize() {
             view: view.view,
         }
     };
-    let (maps, missing) = held.desired(&Cg, &crate::datapath::BootClock { offset_ns: 0 });
+    let Desired {
+        maps,
+        by_cgroup,
+        missing,
+    } = held.desired(&Cg, &crate::datapath::BootClock { offset_ns: 0 });
     assert!(missing.is_empty());
     assert_eq!(maps.revision, last);
-    assert_eq!(
-        maps.workloads[&4242].identity,
-        held.view.workloads.values().copied().next().unwrap()
-    );
+    // Every cgroup of the pod (its own and its containers') carries the pod's identity.
+    let (pod, identity) = held.view.workloads.iter().next().unwrap();
+    for cgroup in [4242, 4243] {
+        assert_eq!(maps.workloads[&cgroup].identity, *identity);
+        assert_eq!(&by_cgroup[&cgroup], pod);
+    }
+    assert_eq!(maps.workloads.len(), 2);
     assert_eq!(maps.policy.len(), held.view.policy.len());
     client.abort();
     server.abort();

@@ -56,6 +56,12 @@ pub enum DatapathError {
         present: usize,
         expected: usize,
     },
+    /// Desired map contents that the programs cannot follow; nothing was written.
+    #[error("desired maps, {field}: {problem}")]
+    Desired {
+        field: &'static str,
+        problem: String,
+    },
 }
 
 impl DatapathError {

@@ -12,6 +12,9 @@ use tokio::io::{Interest, unix::AsyncFd};
 
 use super::{DatapathError, maps::open_pinned, maps::typed, pins};
 
+/// How often [`EventReader::next_batch`] looks at the ring when the programs did not wake it.
+pub const DRAIN_PERIOD: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// One batch of events and the number lost since the previous batch.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EventBatch {
@@ -84,16 +87,22 @@ impl EventReader {
     }
 
     /// Waits until at least one event is available (or a loss was counted) and returns them.
+    ///
+    /// The programs wake the reader only when an eighth of the ring is unread (one wake-up per
+    /// event would cost more than the programs themselves), so this also looks every
+    /// [`DRAIN_PERIOD`]: an event waits at most that long.
     pub async fn next_batch(&mut self) -> Result<EventBatch, DatapathError> {
         loop {
             let batch = self.try_next_batch()?;
             if !batch.events.is_empty() || batch.lost > 0 {
                 return Ok(batch);
             }
-            let mut guard = self.ring.readable_mut().await.map_err(|e| {
-                DatapathError::io("waiting on the ring buffer", pins::MAP_EVENTS, e)
-            })?;
-            guard.clear_ready();
+            if let Ok(guard) = tokio::time::timeout(DRAIN_PERIOD, self.ring.readable_mut()).await {
+                let mut guard = guard.map_err(|e| {
+                    DatapathError::io("waiting on the ring buffer", pins::MAP_EVENTS, e)
+                })?;
+                guard.clear_ready();
+            }
         }
     }
 }

@@ -69,7 +69,8 @@ fn install_inner(
     let initial = Config {
         revision: 0,
         unmanaged_identity: identity::UNMANAGED,
-        flags: 0,
+        ancestor_from: 0,
+        ancestor_to: 0,
     };
     config
         .set(0, initial, 0)

@@ -8,8 +8,8 @@ use std::{collections::BTreeMap, path::Path};
 
 use aya::maps::{Array, HashMap, IterableMap as _, LpmTrie, Map, MapData, lpm_trie::Key};
 use enforcer_common::{
-    AddrKey, Config, DefaultKey, FlowKey, FlowValue, PolicyKey, PolicyValue, WorkloadValue,
-    identity,
+    AddrKey, Config, DefaultKey, FlowKey, FlowValue, MAX_ANCESTOR_LEVELS, PolicyKey, PolicyValue,
+    WorkloadValue, identity,
 };
 
 use super::{DatapathError, pins};
@@ -24,6 +24,11 @@ pub const TRANSIENT_REVISION_BIT: u64 = 1 << 63;
 pub struct DesiredMaps {
     pub revision: u64,
     pub unmanaged_identity: u32,
+    /// `(from, to)`: the absolute cgroup levels (root = 0) at which the programs look up the
+    /// ancestors of a cgroup that is not in `workloads`, deepest first (e.g. the kubelet's pod
+    /// cgroups, so that a pod's cgroup covers its containers before they exist). At most
+    /// `MAX_ANCESTOR_LEVELS` levels, from level 1. `None`: each cgroup stands alone.
+    pub ancestor_levels: Option<(u16, u16)>,
     /// Cgroup id -> workload.
     pub workloads: BTreeMap<u64, WorkloadValue>,
     /// (address, prefix length in bits over the 128-bit key) -> peer identity. IPv4 prefixes
@@ -39,6 +44,7 @@ impl Default for DesiredMaps {
         Self {
             revision: 0,
             unmanaged_identity: identity::UNMANAGED,
+            ancestor_levels: None,
             workloads: BTreeMap::new(),
             addresses: BTreeMap::new(),
             policy: BTreeMap::new(),
@@ -135,6 +141,8 @@ impl PolicyMaps {
             // A transient revision (an apply that did not finish) reads as its final one.
             revision: config.revision & !TRANSIENT_REVISION_BIT,
             unmanaged_identity: config.unmanaged_identity,
+            ancestor_levels: (config.ancestor_to != 0)
+                .then_some((config.ancestor_from, config.ancestor_to)),
             ..DesiredMaps::default()
         };
         for entry in self.workloads.iter() {
@@ -164,6 +172,7 @@ impl PolicyMaps {
     /// last: a connection re-decided while a stale (possibly more permissive) entry still
     /// existed carries the transient revision and is decided once more against the final state.
     pub(super) fn apply(&mut self, desired: &DesiredMaps) -> Result<ApplyStats, DatapathError> {
+        check_ancestor_levels(desired.ancestor_levels)?;
         let current = self.read()?;
         let mut stats = ApplyStats {
             previous_revision: current.revision,
@@ -205,10 +214,12 @@ impl PolicyMaps {
             + count_stale(&current.policy, &desired.policy)
             + count_stale(&current.defaults, &desired.defaults)
             + count_stale(&current.addresses, &desired.addresses);
+        let (ancestor_from, ancestor_to) = desired.ancestor_levels.unwrap_or((0, 0));
         let final_config = Config {
             revision: desired.revision & !TRANSIENT_REVISION_BIT,
             unmanaged_identity: desired.unmanaged_identity,
-            flags: 0,
+            ancestor_from,
+            ancestor_to,
         };
         let interim = if stale > 0 {
             Config {
@@ -328,4 +339,20 @@ fn fill<K>(
         entries,
         max_entries,
     })
+}
+
+/// `ancestor_levels` must name 1 to `MAX_ANCESTOR_LEVELS` levels below the root, in order.
+fn check_ancestor_levels(levels: Option<(u16, u16)>) -> Result<(), DatapathError> {
+    let Some((from, to)) = levels else {
+        return Ok(());
+    };
+    if from == 0 || to < from || to - from >= MAX_ANCESTOR_LEVELS {
+        return Err(DatapathError::Desired {
+            field: "ancestor_levels",
+            problem: format!(
+                "({from}, {to}): expected 1 <= from <= to < from + {MAX_ANCESTOR_LEVELS}"
+            ),
+        });
+    }
+    Ok(())
 }

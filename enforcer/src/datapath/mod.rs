@@ -21,7 +21,7 @@ pub use error::DatapathError;
 pub use events::{EventBatch, EventReader};
 pub use install::uninstall;
 pub use maps::{ApplyStats, DesiredMaps, MapDelta, MapFill, TRANSIENT_REVISION_BIT};
-pub use system::{BootClock, boot_time_offset, cgroup_id, find_cgroup2_mount};
+pub use system::{BootClock, boot_time_offset, cgroup_id, cgroup_level, find_cgroup2_mount};
 
 /// Load-time options (defaults suit production).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

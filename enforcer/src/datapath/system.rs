@@ -18,6 +18,37 @@ pub fn cgroup_id(path: &Path) -> io::Result<u64> {
 }
 
 /// Mount points of `/proc/self/mountinfo` whose filesystem type is `fstype`.
+/// The absolute level of the cgroup v2 directory `path` (the hierarchy's root is 0): its depth
+/// below the cgroup2 mount that holds it, plus the depth of that mount's own root in the
+/// hierarchy (a mount of a subtree, as in a cgroup namespace).
+pub fn cgroup_level(path: &Path) -> io::Result<u16> {
+    let info = fs::read_to_string("/proc/self/mountinfo")?;
+    let (root, mount_point) = info
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mut fields = left.split(' ');
+            let root = unescape(fields.nth(3)?);
+            let mount_point = PathBuf::from(unescape(fields.next()?));
+            (right.split(' ').next()? == "cgroup2" && path.starts_with(&mount_point))
+                .then_some((root, mount_point))
+        })
+        .max_by_key(|(_, mount_point)| mount_point.components().count())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} is on no cgroup2 mount", path.display()),
+            )
+        })?;
+    let below = path
+        .strip_prefix(&mount_point)
+        .map_err(io::Error::other)?
+        .components()
+        .count();
+    let above = Path::new(&root).components().count().saturating_sub(1);
+    u16::try_from(below + above).map_err(io::Error::other)
+}
+
 fn mounts_of(fstype: &str) -> io::Result<Vec<PathBuf>> {
     let info = fs::read_to_string("/proc/self/mountinfo")?;
     Ok(info
@@ -135,6 +166,17 @@ pub fn boot_time_offset() -> BootClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_levels_count_from_the_hierarchys_root() {
+        let Ok(mount) = find_cgroup2_mount() else {
+            eprintln!("SKIPPED: no cgroup2 mount");
+            return;
+        };
+        assert_eq!(cgroup_level(&mount).expect("level of the mount"), 0);
+        assert_eq!(cgroup_level(&mount.join("a/b")).expect("level"), 2);
+        assert!(cgroup_level(Path::new("/nonexistent-mount/x")).is_err());
+    }
 
     #[test]
     fn unescape_octal() {

@@ -7,10 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use bulkhead_tests::{
-    netns::{TestNet, kernel_tests_possible},
-    workload::Workload,
-};
+use bulkhead_tests::{netns::TestNet, workload::Workload};
 use enforcer::datapath::{Datapath, DatapathOptions, DesiredMaps, pins, uninstall};
 use enforcer_common::{
     DefaultKey, POLICY_KEY_FIXED_BITS, PolicyKey, PolicyValue, REASON_ALLOWED_BY_RULE,
@@ -24,17 +21,7 @@ pub const SERVER: u32 = 257;
 /// `true` when the test must be skipped (not root, no BPF); set
 /// `BULKHEAD_REQUIRE_KERNEL_TESTS=1` to make that a failure instead.
 pub fn skip() -> bool {
-    match kernel_tests_possible() {
-        Ok(()) => false,
-        Err(why) => {
-            assert!(
-                std::env::var_os("BULKHEAD_REQUIRE_KERNEL_TESTS").is_none(),
-                "kernel tests required but impossible here: {why}"
-            );
-            eprintln!("SKIPPED: kernel datapath tests need root and BPF: {why}");
-            true
-        }
-    }
+    bulkhead_tests::netns::skip_kernel_tests("kernel datapath")
 }
 
 /// Removes the pins (detaching the programs) when dropped.

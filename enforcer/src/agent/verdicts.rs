@@ -1,0 +1,138 @@
+//! Verdict events -> the verdict log and the verdict metrics, with the lost-event accounting
+//! that survives restarts; shared by the standalone and the cluster agent.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use super::attribution::Attribution;
+use super::state::StateDir;
+use crate::datapath::{self, BootClock, Datapath, EventBatch, EventReader};
+use crate::metrics::{MapLabels, Metrics, VerdictLabels};
+use crate::verdict_log::{LossRecord, VerdictLog};
+
+/// The verdict log, the metrics, and how many lost events were already reported.
+pub struct Verdicts {
+    pub log: VerdictLog,
+    pub metrics: Arc<Metrics>,
+    /// Lost events already in the log, by this process or its predecessors (the kernel's
+    /// counter runs since install, and a new reader's first batch reports all of it).
+    losses_logged: u64,
+    /// Subtracted from the first loss report of this process.
+    loss_baseline: u64,
+}
+
+impl Verdicts {
+    /// Opens the log at `log`; an adopted datapath continues its predecessor's loss count.
+    pub fn open(
+        log: &std::path::Path,
+        metrics: Arc<Metrics>,
+        datapath: &Datapath,
+        state_dir: &StateDir,
+    ) -> Result<Self> {
+        let losses_logged = match datapath.origin() {
+            datapath::Origin::Adopted => state_dir.load_losses_logged().unwrap_or(0),
+            datapath::Origin::Installed => 0,
+        };
+        let log = VerdictLog::open(log)
+            .with_context(|| format!("opening the verdict log {}", log.display()))?;
+        Ok(Self {
+            log,
+            metrics,
+            losses_logged,
+            loss_baseline: losses_logged,
+        })
+    }
+
+    /// Logs and counts one batch.
+    pub fn write(
+        &mut self,
+        batch: EventBatch,
+        attribution: &Attribution,
+        clock: &BootClock,
+        state_dir: &StateDir,
+    ) -> Result<()> {
+        for event in &batch.events {
+            let record = attribution.record(event, clock);
+            let policy = record.policy.as_ref().map_or_else(
+                || "default".to_owned(),
+                |p| match &p.namespace {
+                    Some(ns) => format!("{}/{ns}/{}", p.kind, p.name),
+                    None => format!("{}/{}", p.kind, p.name),
+                },
+            );
+            self.metrics
+                .verdicts
+                .get_or_create(&VerdictLabels {
+                    direction: record.direction.to_owned(),
+                    verdict: record.verdict.to_owned(),
+                    policy,
+                })
+                .inc();
+            self.log.write_verdict(&record)?;
+        }
+        let lost = batch
+            .lost
+            .saturating_sub(std::mem::take(&mut self.loss_baseline));
+        if lost > 0 {
+            self.metrics.events_lost.inc_by(lost);
+            tracing::warn!(lost, "verdict events lost (ring buffer full)");
+            self.log.write_loss(&LossRecord {
+                time: jiff::Timestamp::now().to_string(),
+                event: "lost",
+                count: lost,
+            })?;
+            self.losses_logged += lost;
+            if let Err(error) = state_dir.save_losses_logged(self.losses_logged) {
+                tracing::error!(%error, "could not persist the lost-event count");
+            }
+        }
+        self.log.flush()?;
+        Ok(())
+    }
+
+    /// At shutdown: logs what the kernel has already decided, and syncs the log.
+    pub fn drain(
+        &mut self,
+        events: &mut EventReader,
+        attribution: &Attribution,
+        clock: &BootClock,
+        state_dir: &StateDir,
+    ) -> Result<()> {
+        let batch = events.try_next_batch()?;
+        self.write(batch, attribution, clock, state_dir)?;
+        self.log.sync()?;
+        Ok(())
+    }
+}
+
+/// Sets the map fill gauges from the kernel (best effort).
+pub fn record_map_fill(metrics: &Metrics, datapath: &Datapath) {
+    if let Ok(fill) = datapath.map_fill() {
+        for map in fill {
+            let labels = MapLabels {
+                map: map.name.to_owned(),
+            };
+            metrics
+                .map_entries
+                .get_or_create(&labels)
+                .set(i64::from(map.entries));
+            metrics
+                .map_capacity
+                .get_or_create(&labels)
+                .set(i64::from(map.max_entries));
+        }
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `addr` in the background, when given.
+pub fn spawn_metrics(addr: Option<std::net::SocketAddr>, metrics: &Arc<Metrics>) {
+    if let Some(addr) = addr {
+        let metrics = Arc::clone(metrics);
+        tokio::spawn(async move {
+            if let Err(error) = crate::metrics::serve(addr, metrics).await {
+                tracing::error!(%error, %addr, "metrics endpoint failed");
+            }
+        });
+    }
+}
