@@ -5,26 +5,37 @@
 //! dropped watch, an expired history (re-list) and a restart (identities kept).
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bulkhead_controller::cluster::identities::TABLE_KEY;
-use bulkhead_controller::cluster::{self, convert};
+use bulkhead_controller::cluster::lead::lead_when_elected;
+use bulkhead_controller::cluster::{self, Controller, convert};
+use bulkhead_controller::leader::{LeaderElector, LeaseConfig};
+use bulkhead_controller::metrics::Metrics;
+use bulkhead_controller::sync;
 use bulkhead_controller::sync::{NodeAssignment, SyncHub};
-use bulkhead_controller::testing::FakeApiServer;
+use bulkhead_controller::testing::{FakeApiServer, PATIENCE, eventually};
+use bulkhead_policy::model::status::{REALIZED, VALID};
 use bulkhead_policy::model::{
     ClusterSegmentationPolicy, Namespace as InvNamespace, SegmentationPolicy,
 };
 use bulkhead_policy::{AllocationTable, Compiler, Inventory, PolicySet};
-use bulkhead_proto::NodeView;
+use bulkhead_proto::security::Security;
+use bulkhead_proto::wire::{self, policy_sync_client::PolicySyncClient};
+use bulkhead_proto::{ControllerMsg, EnforcerMsg, NodeView};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod};
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::runtime::events::Reporter;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
 
-/// Failure guard for the controller catching up (not a performance claim).
-const PATIENCE: Duration = Duration::from_secs(60);
 const CM_NAMESPACE: &str = "bulkhead";
 const CM_NAME: &str = "ids";
 
@@ -370,4 +381,300 @@ async fn the_controller_follows_live_changes_and_keeps_identities_across_restart
     assert_eq!(identities(&views), before);
     assert_eq!(stored_table(&server).expect("table").1, stored_version);
     runner.abort();
+}
+
+/// A stand-in enforcer for `node`: syncs from the sync service at `addr` (reconnecting while it
+/// refuses or ends the stream), keeps the view it is sent and acknowledges every revision.
+fn enforcer(addr: SocketAddr, node: &str) -> (Arc<Mutex<Option<NodeView>>>, JoinHandle<()>) {
+    let held = Arc::new(Mutex::new(None));
+    let (node, view) = (node.to_string(), held.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            if let Err(error) = sync_and_ack(addr, &node, &view).await {
+                tracing::debug!(%node, %error, "stand-in enforcer: reconnecting");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    (held, task)
+}
+
+async fn sync_and_ack(
+    addr: SocketAddr,
+    node: &str,
+    held: &Mutex<Option<NodeView>>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let (tx, rx) = mpsc::channel(16);
+    let hello = EnforcerMsg::Hello {
+        node_name: node.to_string(),
+        held_epoch: 0,
+        held_revision: 0,
+    };
+    tx.send(wire::EnforcerMessage::from(&hello)).await?;
+    let mut inbound = PolicySyncClient::new(channel)
+        .sync(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    while let Some(message) = inbound.message().await? {
+        let revision = match ControllerMsg::try_from(&message)? {
+            ControllerMsg::Snapshot(s) => {
+                *held.lock().expect("view lock") = Some(s.view);
+                s.revision
+            }
+            ControllerMsg::Delta(d) => {
+                held.lock()
+                    .expect("view lock")
+                    .as_mut()
+                    .ok_or("a delta before any snapshot")?
+                    .apply(&d)?;
+                d.revision
+            }
+        };
+        tx.send(wire::EnforcerMessage::from(&EnforcerMsg::Ack { revision }))
+            .await?;
+    }
+    Ok(())
+}
+
+/// One controller replica: its hub served on a loopback port, leader election on the fake
+/// server's Lease, and while elected the pipeline with the status and Event reports.
+struct Replica {
+    hub: SyncHub,
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Replica {
+    async fn start(server: &FakeApiServer, identity: &str) -> Self {
+        let hub = SyncHub::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let served = hub.clone();
+        let serve = tokio::spawn(async move {
+            let result = sync::serve(
+                served,
+                listener,
+                &Security::DevPlaintext,
+                std::future::pending(),
+            )
+            .await;
+            assert!(result.is_ok(), "sync service: {result:?}");
+        });
+        let client = server.client().expect("client");
+        let lease = LeaseConfig {
+            lease_duration: Duration::from_secs(2),
+            renew_deadline: Duration::from_secs(1),
+            retry_period: Duration::from_millis(100),
+            ..LeaseConfig::new("bulkhead-controller", CM_NAMESPACE, identity)
+        };
+        let elector = LeaderElector::new(client.clone(), lease).expect("elector");
+        let leading = elector.subscribe();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let elect = tokio::spawn(async move {
+            let result = elector
+                .run(async { stopped.await.unwrap_or_default() })
+                .await;
+            assert!(result.is_ok(), "leader election: {result:?}");
+        });
+        let controller = Controller::new(
+            hub.clone(),
+            cluster::Config::new(CM_NAMESPACE, CM_NAME),
+            Arc::new(Metrics::default()),
+        );
+        let reporter = Reporter {
+            controller: "bulkhead-controller".into(),
+            instance: Some(identity.into()),
+        };
+        let lead = tokio::spawn(async move {
+            let interval = Duration::from_millis(50);
+            let result =
+                lead_when_elected(&controller, &client, &reporter, interval, leading).await;
+            assert!(result.is_ok(), "lead: {result:?}");
+        });
+        Self {
+            hub,
+            addr,
+            stop: Some(stop),
+            tasks: vec![serve, elect, lead],
+        }
+    }
+
+    /// Shuts the replica down as the binary does: leader election stops and releases the lease.
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.send(()).expect("elector running");
+        }
+        let serve = self.tasks.remove(0);
+        for task in self.tasks {
+            tokio::time::timeout(PATIENCE, task)
+                .await
+                .expect("replica stops in time")
+                .expect("replica task");
+        }
+        serve.abort();
+    }
+}
+
+fn lease_holder(server: &FakeApiServer) -> Option<String> {
+    server
+        .get::<Lease>(Some(CM_NAMESPACE), "bulkhead-controller")
+        .expect("get lease")?
+        .spec?
+        .holder_identity
+}
+
+fn condition(policy: &SegmentationPolicy, kind: &str) -> Option<(String, String, String)> {
+    let c = policy
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == kind)?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Waits until the stored policy `ns/name` satisfies `done` at its current generation.
+async fn policy_status(
+    server: &FakeApiServer,
+    ns: &str,
+    name: &str,
+    what: &str,
+    done: impl Fn(&SegmentationPolicy) -> bool,
+) -> SegmentationPolicy {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let policy = server
+            .get::<SegmentationPolicy>(Some(ns), name)
+            .expect("get")
+            .expect("stored");
+        let current = policy.status.as_ref().and_then(|s| s.observed_generation)
+            == policy.metadata.generation;
+        if current && done(&policy) {
+            return policy;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: last status {:?}",
+            policy.status
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn realized(policy: &SegmentationPolicy, desired: i32, realized: i32) -> bool {
+    let status = policy.status.as_ref();
+    status.and_then(|s| s.desired_nodes) == Some(desired)
+        && status.and_then(|s| s.realized_nodes) == Some(realized)
+        && condition(policy, REALIZED)
+            .is_some_and(|c| c.0 == if desired == realized { "True" } else { "False" })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_elected_replica_writes_statuses_and_events_from_acknowledgements_and_hands_over() {
+    let server = seeded_server().await;
+    let mut bad = segpol();
+    bad.metadata.name = Some("bad".into());
+    bad.spec.subject.pod_selector = Some(object(json!({"matchExpressions": [
+        {"key": "app", "operator": "Matches", "values": ["pg"]}
+    ]})));
+    server.apply(&bad).expect("invalid policy");
+
+    // Replica a is elected; b, started after, stands by.
+    let a = Replica::start(&server, "a").await;
+    eventually("a holds the lease", || {
+        lease_holder(&server).as_deref() == Some("a")
+    })
+    .await;
+    let b = Replica::start(&server, "b").await;
+
+    // Before any enforcer acknowledged: pg (on n2) is desired on 1 node, realized on none.
+    let pg = policy_status(&server, "db", "pg", "pg pending", |p| {
+        condition(p, VALID).is_some_and(|c| c.0 == "True") && realized(p, 1, 0)
+    })
+    .await;
+    assert_eq!(
+        condition(&pg, REALIZED).expect("Realized").1,
+        "RealizationPending"
+    );
+    // The invalid policy: Valid=False naming the field, not realized, and a Warning Event.
+    let invalid = policy_status(&server, "db", "bad", "bad invalid", |p| {
+        condition(p, VALID).is_some_and(|c| c.0 == "False")
+    })
+    .await;
+    let (_, reason, message) = condition(&invalid, VALID).expect("Valid");
+    assert_eq!(reason, "ValidationFailed");
+    assert!(
+        message.contains("matchExpressions[0].operator"),
+        "{message}"
+    );
+    assert_eq!(
+        condition(&invalid, REALIZED).expect("Realized").1,
+        "PolicyInvalid"
+    );
+    eventually("the InvalidPolicy event", || {
+        server.list::<Event>().expect("events").iter().any(|e| {
+            e.reason.as_deref() == Some("InvalidPolicy")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("bad")
+        })
+    })
+    .await;
+
+    // Enforcers for n1 and n2 sync from a and acknowledge: pg is realized, and each holds its
+    // node's view as published.
+    let (n1, e1) = enforcer(a.addr, "n1");
+    let (n2, e2) = enforcer(a.addr, "n2");
+    policy_status(&server, "db", "pg", "pg realized", |p| realized(p, 1, 1)).await;
+    for (node, held) in [("n1", &n1), ("n2", &n2)] {
+        let want = a.hub.view(node).expect("view").view;
+        eventually("enforcer view", || {
+            held.lock().expect("view lock").as_ref() == Some(&want)
+        })
+        .await;
+    }
+    assert!(
+        !b.hub.serving() && b.hub.revision() == 0,
+        "the standby publishes nothing"
+    );
+    e1.abort();
+    e2.abort();
+
+    // a shuts down and releases the lease: b takes over, publishes, and reports a new
+    // generation of pg as pending until enforcers acknowledge b's revisions.
+    a.stop().await;
+    eventually("b holds the lease", || {
+        lease_holder(&server).as_deref() == Some("b")
+    })
+    .await;
+    let mut changed = segpol();
+    changed.spec.priority = 20;
+    server.apply(&changed).expect("pg generation 2");
+    let pg = policy_status(&server, "db", "pg", "pg generation 2 pending on b", |p| {
+        realized(p, 1, 0)
+    })
+    .await;
+    assert_eq!(
+        pg.status.as_ref().and_then(|s| s.observed_generation),
+        Some(2)
+    );
+    let (_, e1) = enforcer(b.addr, "n1");
+    let (_, e2) = enforcer(b.addr, "n2");
+    policy_status(&server, "db", "pg", "pg generation 2 realized on b", |p| {
+        realized(p, 1, 1)
+    })
+    .await;
+    assert!(b.hub.serving());
+    e1.abort();
+    e2.abort();
+    b.stop().await;
+    assert_eq!(
+        lease_holder(&server),
+        None,
+        "the last replica released the lease"
+    );
 }

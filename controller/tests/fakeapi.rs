@@ -3,9 +3,7 @@
 //! the history expired; streaming lists, selectors, create/replace conflicts, status patches by
 //! server-side apply, and Events through kube's `Recorder`.
 
-use std::time::Duration;
-
-use bulkhead_controller::testing::FakeApiServer;
+use bulkhead_controller::testing::{FakeApiServer, PATIENCE, eventually};
 use bulkhead_policy::model::SegmentationPolicy;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
@@ -15,20 +13,6 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-
-/// Failure guard for conditions that become true asynchronously (not a performance claim).
-const PATIENCE: Duration = Duration::from_secs(30);
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 fn pod(name: &str, app: &str, node: &str) -> Pod {
     serde_json::from_value(json!({

@@ -262,6 +262,22 @@ impl Drop for FakeApiServer {
     }
 }
 
+/// How long [`eventually`] waits: a failure guard for asynchronous effects, not a performance
+/// claim.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Polls `check` every 20 ms until it holds; panics naming `what` after [`PATIENCE`].
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 fn key_of<K>(namespace: Option<&str>, name: &str) -> Result<ObjectKey, Error>
 where
     K: Object,
