@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Each test works in a namespace of its own (`bulkhead-e2e-...`), deleted at the end: an
-//! invalid SegmentationPolicy gets `Valid=False` with the validation error; a valid one gets
+//! invalid SegmentationPolicy gets `Valid=False` with the validation error, `Realized=False`
+//! (`PolicyInvalid`) and a Warning Event `InvalidPolicy`; a valid one gets
 //! `Valid=True` and `Realized=True` with `realizedNodes == desiredNodes`, and is enforced: a
 //! client it allows connects to the selected server, another client is refused.
 //!
@@ -21,6 +22,7 @@ use bulkhead_policy::model::SegmentationPolicy;
 use bulkhead_policy::model::status::{REALIZED, VALID};
 use bulkhead_tests::chart::{chart_dir, validate_object};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::events::v1::Event as K8sEvent;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -251,6 +253,39 @@ async fn invalid_policy_reports_valid_false_with_the_error() {
         valid.message.contains(INVALID_FIELD),
         "message names the field: {valid:?}"
     );
+    let realized = condition(&policy, REALIZED).expect("Realized condition");
+    assert_eq!(
+        (realized.status.as_str(), realized.reason.as_str()),
+        ("False", "PolicyInvalid")
+    );
+    // And a Warning Event about it, next to the policy.
+    let events: Api<K8sEvent> = Api::namespaced(ns.client.clone(), &ns.name);
+    wait_for("the InvalidPolicy event about e2e-invalid", || async {
+        match events.list(&Default::default()).await {
+            Ok(list) => {
+                let seen: Vec<String> = list
+                    .items
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "{:?} {:?}",
+                            e.reason,
+                            e.regarding.as_ref().and_then(|r| r.name.clone())
+                        )
+                    })
+                    .collect();
+                let found = list.items.iter().any(|e| {
+                    e.reason.as_deref() == Some("InvalidPolicy")
+                        && e.type_.as_deref() == Some("Warning")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                            == Some("e2e-invalid")
+                });
+                (found.then_some(()), seen.join(", "))
+            }
+            Err(e) => (None, e.to_string()),
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
