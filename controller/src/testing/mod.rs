@@ -20,7 +20,11 @@
 //!   whole, and a field a manager stops applying is not removed; it creates a missing object
 //!   like the apiserver does. `force` and `fieldManager` are accepted and ignored;
 //! - JSON patch and strategic merge patch answer 415; `dryRun` answers 400;
-//! - LIST ignores `limit` and returns everything in one page (no `continue`);
+//! - LIST ignores `limit` (everything in one page, no `continue`) and `resourceVersion` /
+//!   `resourceVersionMatch` (always the latest state);
+//! - BOOKMARK events are sent only when a test calls [`FakeApiServer::send_bookmarks`] (the
+//!   apiserver sends them about once a minute), and at the end of a streaming list's initial
+//!   events; the history keeps the last 10,000 changes;
 //! - no discovery endpoints, no admission, no validation against schemas, no defaulting;
 //! - DELETE ignores its body (preconditions, propagation policy, grace period);
 //! - on every served resource, writes to the main resource keep the stored `status` and writes to
