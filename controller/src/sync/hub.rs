@@ -37,6 +37,9 @@ pub(super) struct Hub {
     pub(super) rejected: BTreeMap<String, (u64, String)>,
     /// Node -> number of open sync streams.
     pub(super) connected: BTreeMap<String, usize>,
+    /// Whether this hub serves (false on a standby controller: streams end, new ones are
+    /// refused, both with UNAVAILABLE).
+    pub(super) serving: watch::Sender<bool>,
 }
 
 pub(super) struct Node {
@@ -273,6 +276,7 @@ impl SyncHub {
                 acked: BTreeMap::new(),
                 rejected: BTreeMap::new(),
                 connected: BTreeMap::new(),
+                serving: watch::Sender::new(true),
             })),
         }
     }
@@ -308,6 +312,14 @@ impl SyncHub {
         self.lock().acked.clone()
     }
 
+    /// Records an acknowledgement as an enforcer's stream would (tests of what counts acks).
+    #[cfg(test)]
+    pub(crate) fn acknowledge_for_test(&self, node: &str, revision: u64) {
+        let mut hub = self.lock();
+        let acked = hub.acked.entry(node.to_owned()).or_default();
+        *acked = (*acked).max(revision);
+    }
+
     /// Node -> the last revision its enforcer rejected, and why (until it acknowledges a later
     /// one).
     pub fn rejected(&self) -> BTreeMap<String, (u64, String)> {
@@ -317,6 +329,18 @@ impl SyncHub {
     /// Nodes with an open sync stream, and how many each has.
     pub fn connected(&self) -> BTreeMap<String, usize> {
         self.lock().connected.clone()
+    }
+
+    /// Starts or stops serving. A hub serves from creation; a standby controller's hub does
+    /// not: its open streams end and new ones are refused, with UNAVAILABLE, so enforcers
+    /// retry until they reach the leader.
+    pub fn set_serving(&self, serving: bool) {
+        self.lock().serving.send_replace(serving);
+    }
+
+    /// Whether the hub serves.
+    pub fn serving(&self) -> bool {
+        *self.lock().serving.borrow()
     }
 
     /// The view of `node` now (its revision and contents).

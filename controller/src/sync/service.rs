@@ -55,6 +55,10 @@ pub async fn serve(
 
 type Out = mpsc::Sender<Result<ControllerMessage, Status>>;
 
+fn standby() -> Status {
+    Status::unavailable("this controller is a standby, not the leader")
+}
+
 fn invalid(e: &WireError) -> Status {
     Status::invalid_argument(e.to_string())
 }
@@ -67,6 +71,9 @@ impl PolicySync for SyncHub {
         &self,
         request: Request<Streaming<EnforcerMessage>>,
     ) -> Result<Response<Self::SyncStream>, Status> {
+        if !self.serving() {
+            return Err(standby());
+        }
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -160,22 +167,31 @@ impl Stream {
         epoch: u64,
         held: u64,
     ) -> Result<(), Status> {
-        let (mut changes, catchup) = {
+        let (mut changes, mut serving, catchup) = {
             let mut hub = self.hub.lock();
+            let serving = hub.serving.subscribe();
             let changes = hub.node_entry(&self.node).notify.subscribe();
             // A revision of another epoch, or one this epoch has not reached, means nothing.
             if epoch == hub.epoch && held <= hub.revision {
                 self.sent = held;
             }
             let catchup = hub.catchup(&self.node, hub.epoch, self.sent);
-            (changes, catchup)
+            (changes, serving, catchup)
         };
+        if !*serving.borrow_and_update() {
+            return Err(standby());
+        }
         self.send(catchup).await?;
         loop {
             tokio::select! {
                 msg = inbound.message() => {
                     let Some(msg) = msg? else { return Ok(()) };
                     self.receive(&msg).await?;
+                }
+                _ = serving.changed() => {
+                    if !*serving.borrow_and_update() {
+                        return Err(standby());
+                    }
                 }
                 changed = changes.changed() => {
                     if changed.is_err() {

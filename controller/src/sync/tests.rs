@@ -208,3 +208,68 @@ fn scale_change_to_delta() {
     println!("one address change to deltas {churn:?}, {all} nodes got a delta");
     assert_eq!(all, nodes.len());
 }
+
+/// Opens a stream as node `node` holding nothing; returns the controller's message stream.
+async fn connect(
+    addr: std::net::SocketAddr,
+    node: &str,
+) -> Result<tonic::Streaming<bulkhead_proto::wire::ControllerMessage>, tonic::Status> {
+    use bulkhead_proto::wire::policy_sync_client::PolicySyncClient;
+    use bulkhead_proto::wire::{EnforcerMessage, Hello, enforcer_message::Msg};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = PolicySyncClient::new(channel);
+    let hello = EnforcerMessage {
+        msg: Some(Msg::Hello(Hello {
+            node_name: node.to_owned(),
+            held_epoch: 0,
+            held_revision: 0,
+        })),
+    };
+    // The outbound stream stays open (pending) after the Hello.
+    let outbound =
+        futures::StreamExt::chain(futures::stream::iter([hello]), futures::stream::pending());
+    Ok(client.sync(outbound).await?.into_inner())
+}
+
+#[tokio::test]
+async fn a_standby_hub_ends_streams_and_refuses_new_ones_with_unavailable() {
+    let mut c = Compiler::default();
+    let hub = SyncHub::default();
+    hub.update(
+        compile(&mut c, INVENTORY, &[policy("a", 80)]),
+        &assign(&[("n1", "a")]),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = hub.clone();
+    tokio::spawn(async move {
+        super::serve(
+            server,
+            listener,
+            &bulkhead_proto::security::Security::DevPlaintext,
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+    });
+    let mut stream = connect(addr, "n1").await.unwrap();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(matches!(
+        first.msg,
+        Some(bulkhead_proto::wire::controller_message::Msg::Snapshot(_))
+    ));
+    assert!(hub.serving());
+    hub.set_serving(false);
+    let ended = stream.message().await.unwrap_err();
+    assert_eq!(ended.code(), tonic::Code::Unavailable);
+    let refused = connect(addr, "n1").await.err().unwrap();
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    // Leading again: served.
+    hub.set_serving(true);
+    let mut stream = connect(addr, "n1").await.unwrap();
+    assert!(stream.message().await.unwrap().is_some());
+}
