@@ -257,4 +257,25 @@ mod pod {
     unsafe impl aya::Pod for VerdictEvent {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for ObjectMeta {}
 }
+
+/// Version of the bpffs pin layout and of [`ObjectMeta`] itself: bumped when either changes, so
+/// that an enforcer never adopts pins it would misread.
+pub const META_LAYOUT_VERSION: u32 = 1;
+
+/// Index 0 of the `META` array: which eBPF object a pinned generation was loaded from. Written
+/// by user space at install, never read by the programs. An enforcer adopts a pinned generation
+/// only when both fields equal its own; otherwise it upgrades it (see the enforcer's
+/// `datapath::upgrade`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ObjectMeta {
+    /// SHA-256 of the embedded eBPF object's bytes.
+    pub object_sha256: [u8; 32],
+    /// The writer's [`META_LAYOUT_VERSION`].
+    pub layout_version: u32,
+    pub _pad: [u8; 4],
+}
+
+const _: () = assert!(core::mem::size_of::<ObjectMeta>() == 40);

@@ -16,8 +16,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use enforcer_common::{
-    AddrKey, Config, DefaultKey, FlowKey, FlowValue, MAX_ANCESTOR_LEVELS, PolicyKey, PolicyValue,
-    SockDecision, WorkloadValue, identity,
+    AddrKey, Config, DefaultKey, FlowKey, FlowValue, MAX_ANCESTOR_LEVELS, ObjectMeta, PolicyKey,
+    PolicyValue, SockDecision, WorkloadValue, identity,
 };
 
 #[map]
@@ -40,6 +40,12 @@ pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// Which object this generation was loaded from (written by user space at install). No program
+/// reads it; bpf-linker keeps it all the same, as every `#[map]` static (checked: `readelf -s`
+/// of the object lists it, and install fails with `MapMissing` when it is not there).
+#[map]
+pub static META: Array<ObjectMeta> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static EVENT_LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

@@ -32,7 +32,7 @@ use super::verdicts::{self, Verdicts};
 use crate::cluster::pods::{Driver, KubeletCgroups};
 use crate::cluster::watch::CgroupWatcher;
 use crate::cluster::{self, Applied, ClientConfig, Enforce, Held};
-use crate::datapath::{self, BootClock, Datapath};
+use crate::datapath::{self, BootClock, Datapath, EventBatch};
 use crate::metrics::Metrics;
 
 /// Rescan period while every held pod's cgroup was found (events may be missed: the inotify
@@ -73,6 +73,8 @@ pub struct NodeState {
     /// The pods' cgroups as last applied.
     by_cgroup: BTreeMap<u64, PodRef>,
     missing: usize,
+    /// The last events of the generation an upgrade replaced, for the log.
+    retired: Option<EventBatch>,
 }
 
 impl NodeState {
@@ -114,6 +116,14 @@ impl NodeState {
         self.missing = desired.missing.len();
         self.by_cgroup = desired.by_cgroup;
         self.held = Some(held.clone());
+        // An upgrade (pins of another enforcer's object) completes once the new generation's
+        // maps hold the controller's state: the previous generation goes.
+        if self.datapath.upgrade_pending() {
+            if let Some(batch) = self.datapath.finish_upgrade()? {
+                self.retired = Some(batch);
+            }
+            tracing::info!("datapath upgrade finished");
+        }
         Ok(())
     }
 
@@ -191,6 +201,7 @@ pub async fn run(config: ClusterConfig) -> Result<()> {
         held: None,
         by_cgroup: BTreeMap::new(),
         missing: 0,
+        retired: None,
     }));
     tracing::info!(controller = %config.client.url, node = %config.client.node_name,
         "connecting to the controller; the pinned maps keep enforcing meanwhile");
@@ -230,6 +241,10 @@ pub async fn run(config: ClusterConfig) -> Result<()> {
             _ = rescan_missing.tick(), if missing => lock(&node).rescan(),
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
+        }
+        let mut node = lock(&node);
+        if let Some(batch) = node.retired.take() {
+            verdicts.write_retired(batch, &node.attribution, &node.clock, &node.state_dir)?;
         }
     }
     let node = lock(&node);

@@ -115,6 +115,13 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         missing_cgroups: 0,
     };
     agent.enforce(policies, inventory)?;
+    // An upgrade swaps the new, now filled, generation in; the previous one's last events go to
+    // the log, and the loss count restarts with the new generation's counter.
+    if let Some(batch) = agent.datapath.finish_upgrade()? {
+        agent
+            .verdicts
+            .write_retired(batch, &agent.attribution, &agent.clock, &agent.state_dir)?;
+    }
     agent.serve().await
 }
 

@@ -20,19 +20,26 @@ pub struct Verdicts {
     losses_logged: u64,
     /// Subtracted from the first loss report of this process.
     loss_baseline: u64,
+    /// During an upgrade: the losses already logged for the generation being replaced,
+    /// subtracted from its last report ([`Self::write_retired`]).
+    retired_baseline: u64,
 }
 
 impl Verdicts {
-    /// Opens the log at `log`; an adopted datapath continues its predecessor's loss count.
+    /// Opens the log at `log`; an adopted datapath continues its predecessor's loss count, an
+    /// upgrading one starts a new count (its maps are new) and keeps the old one for the
+    /// generation it replaces.
     pub fn open(
         log: &std::path::Path,
         metrics: Arc<Metrics>,
         datapath: &Datapath,
         state_dir: &StateDir,
     ) -> Result<Self> {
-        let losses_logged = match datapath.origin() {
-            datapath::Origin::Adopted => state_dir.load_losses_logged().unwrap_or(0),
-            datapath::Origin::Installed => 0,
+        let saved = || state_dir.load_losses_logged().unwrap_or(0);
+        let (losses_logged, retired_baseline) = match datapath.origin() {
+            datapath::Origin::Adopted => (saved(), 0),
+            datapath::Origin::Upgrading => (0, saved()),
+            datapath::Origin::Installed => (0, 0),
         };
         let log = VerdictLog::open(log)
             .with_context(|| format!("opening the verdict log {}", log.display()))?;
@@ -41,6 +48,7 @@ impl Verdicts {
             metrics,
             losses_logged,
             loss_baseline: losses_logged,
+            retired_baseline,
         })
     }
 
@@ -51,6 +59,51 @@ impl Verdicts {
         attribution: &Attribution,
         clock: &BootClock,
         state_dir: &StateDir,
+    ) -> Result<()> {
+        self.write_events(&batch, attribution, clock)?;
+        let lost = batch
+            .lost
+            .saturating_sub(std::mem::take(&mut self.loss_baseline));
+        if lost > 0 {
+            self.write_loss(lost)?;
+            self.losses_logged += lost;
+            if let Err(error) = state_dir.save_losses_logged(self.losses_logged) {
+                tracing::error!(%error, "could not persist the lost-event count");
+            }
+        }
+        self.log.flush()?;
+        Ok(())
+    }
+
+    /// Logs the last events of the generation an upgrade replaced
+    /// ([`Datapath::finish_upgrade`]), and its losses not logged yet; the count persisted for
+    /// restarts is the live generation's, now the only one.
+    pub fn write_retired(
+        &mut self,
+        batch: EventBatch,
+        attribution: &Attribution,
+        clock: &BootClock,
+        state_dir: &StateDir,
+    ) -> Result<()> {
+        self.write_events(&batch, attribution, clock)?;
+        let lost = batch
+            .lost
+            .saturating_sub(std::mem::take(&mut self.retired_baseline));
+        if lost > 0 {
+            self.write_loss(lost)?;
+        }
+        self.log.flush()?;
+        if let Err(error) = state_dir.save_losses_logged(self.losses_logged) {
+            tracing::error!(%error, "could not persist the lost-event count");
+        }
+        Ok(())
+    }
+
+    fn write_events(
+        &mut self,
+        batch: &EventBatch,
+        attribution: &Attribution,
+        clock: &BootClock,
     ) -> Result<()> {
         for event in &batch.events {
             let record = attribution.record(event, clock);
@@ -71,23 +124,17 @@ impl Verdicts {
                 .inc();
             self.log.write_verdict(&record)?;
         }
-        let lost = batch
-            .lost
-            .saturating_sub(std::mem::take(&mut self.loss_baseline));
-        if lost > 0 {
-            self.metrics.events_lost.inc_by(lost);
-            tracing::warn!(lost, "verdict events lost (ring buffer full)");
-            self.log.write_loss(&LossRecord {
-                time: jiff::Timestamp::now().to_string(),
-                event: "lost",
-                count: lost,
-            })?;
-            self.losses_logged += lost;
-            if let Err(error) = state_dir.save_losses_logged(self.losses_logged) {
-                tracing::error!(%error, "could not persist the lost-event count");
-            }
-        }
-        self.log.flush()?;
+        Ok(())
+    }
+
+    fn write_loss(&mut self, lost: u64) -> Result<()> {
+        self.metrics.events_lost.inc_by(lost);
+        tracing::warn!(lost, "verdict events lost (ring buffer full)");
+        self.log.write_loss(&LossRecord {
+            time: jiff::Timestamp::now().to_string(),
+            event: "lost",
+            count: lost,
+        })?;
         Ok(())
     }
 

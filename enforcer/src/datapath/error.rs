@@ -48,6 +48,8 @@ pub enum DatapathError {
         #[source]
         source: io::Error,
     },
+    #[error("upgrading the datapath at {root}: {reason}")]
+    Upgrade { root: PathBuf, reason: &'static str },
     #[error(
         "partial installation at {root}: {present} of {expected} links are pinned; run uninstall first"
     )]

@@ -64,11 +64,7 @@ impl EventReader {
 
     /// Total events lost since install (summed over CPUs).
     pub fn lost_total(&self) -> Result<u64, DatapathError> {
-        let per_cpu = self
-            .losses
-            .get(&0, 0)
-            .map_err(|e| DatapathError::map(pins::MAP_EVENT_LOSSES, "reading", e))?;
-        Ok(per_cpu.iter().copied().fold(0u64, u64::saturating_add))
+        sum_losses(&self.losses)
     }
 
     /// Takes every event available now (possibly none) and the losses since the last batch.
@@ -105,6 +101,31 @@ impl EventReader {
             }
         }
     }
+}
+
+/// Every event left in the ring buffer pinned under `root` and the losses its counters hold
+/// (all since its install), read without a runtime: for a generation being retired, whose
+/// programs no longer run.
+pub(super) fn drain(root: &Path) -> Result<EventBatch, DatapathError> {
+    let mut ring: RingBuf<MapData> = typed!(root, pins::MAP_EVENTS);
+    let losses: PerCpuArray<MapData, u64> = typed!(root, pins::MAP_EVENT_LOSSES);
+    let mut events = Vec::new();
+    while let Some(item) = ring.next() {
+        if let Some(event) = decode(&item) {
+            events.push(event);
+        }
+    }
+    Ok(EventBatch {
+        events,
+        lost: sum_losses(&losses)?,
+    })
+}
+
+fn sum_losses(losses: &PerCpuArray<MapData, u64>) -> Result<u64, DatapathError> {
+    let per_cpu = losses
+        .get(&0, 0)
+        .map_err(|e| DatapathError::map(pins::MAP_EVENT_LOSSES, "reading", e))?;
+    Ok(per_cpu.iter().copied().fold(0u64, u64::saturating_add))
 }
 
 /// Decodes one ring-buffer record, field by field at the offsets of the `repr(C)` layout (no

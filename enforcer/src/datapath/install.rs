@@ -1,19 +1,19 @@
-//! Loading, pinning and attaching (install), and removing every pin (uninstall).
+//! Loading, pinning and attaching one generation (install), and removing pins (uninstall).
 //!
-//! Install writes `CONFIG` (unmanaged processes not enforced) before any program is attached,
-//! pins every map and program, attaches each program to the cgroup with a `bpf_link` and pins the
-//! link, so that enforcement outlives the process (pitfall 5). The `Ebpf` handle is then dropped:
-//! the running process always works from the pins, exactly as a restarted one does.
-
+//! Install writes `CONFIG` (unmanaged processes not enforced) and `META` (which object this is)
+//! before any program is attached, pins every map and program, attaches each program to the
+//! cgroup with a `bpf_link` and pins the link, so that enforcement outlives the process
+//! (pitfall 5). The `Ebpf` handle is then dropped: the running process always works from the
+//! pins, exactly as a restarted one does.
 use std::{
     fs, io,
-    path::Path,
+    path::{Path, PathBuf},
     thread,
     time::{Duration, Instant},
 };
 
 use aya::{
-    EbpfLoader,
+    Ebpf, EbpfLoader, Pod,
     maps::{Array, MapData},
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSockAddr, Program,
@@ -24,15 +24,16 @@ use enforcer_common::{Config, identity};
 
 use super::{
     DatapathError, DatapathOptions,
-    object::{Hook, OBJECT, PROGRAMS},
+    object::{self, Hook, OBJECT, PROGRAMS},
     pins,
 };
 
-/// Loads, pins and attaches everything under `root`; on failure removes what it pinned.
+/// Loads, pins and attaches one generation under `root` (the root, or its swap directory during
+/// an upgrade); on failure removes what it pinned there.
 pub fn install(root: &Path, cgroup: &Path, options: &DatapathOptions) -> Result<(), DatapathError> {
     let result = install_inner(root, cgroup, options);
     if result.is_err()
-        && let Err(error) = uninstall(root)
+        && let Err(error) = remove_generation(root)
     {
         tracing::warn!(%error, root = %root.display(), "cleanup after a failed install failed");
     }
@@ -59,22 +60,14 @@ fn install_inner(
         .load(OBJECT)
         .map_err(|e| DatapathError::Load(Box::new(e)))?;
 
-    let config = ebpf
-        .map_mut(pins::MAP_CONFIG)
-        .ok_or(DatapathError::MapMissing {
-            name: pins::MAP_CONFIG,
-        })?;
-    let mut config: Array<&mut MapData, Config> =
-        Array::try_from(config).map_err(|e| DatapathError::map(pins::MAP_CONFIG, "opening", e))?;
     let initial = Config {
         revision: 0,
         unmanaged_identity: identity::UNMANAGED,
         ancestor_from: 0,
         ancestor_to: 0,
     };
-    config
-        .set(0, initial, 0)
-        .map_err(|e| DatapathError::map(pins::MAP_CONFIG, "writing", e))?;
+    set_first(&mut ebpf, pins::MAP_CONFIG, initial)?;
+    set_first(&mut ebpf, pins::MAP_META, object::meta())?;
 
     for name in pins::ALL_MAPS {
         let map = ebpf.map(name).ok_or(DatapathError::MapMissing { name })?;
@@ -102,6 +95,18 @@ fn install_inner(
     }
     tracing::info!(root = %root.display(), cgroup = %cgroup.display(), "datapath installed");
     Ok(())
+}
+
+/// Writes index 0 of the loaded object's array map `name`.
+fn set_first<T: Pod>(ebpf: &mut Ebpf, name: &'static str, value: T) -> Result<(), DatapathError> {
+    let map = ebpf
+        .map_mut(name)
+        .ok_or(DatapathError::MapMissing { name })?;
+    let mut array: Array<&mut MapData, T> =
+        Array::try_from(map).map_err(|e| DatapathError::map(name, "opening", e))?;
+    array
+        .set(0, value, 0)
+        .map_err(|e| DatapathError::map(name, "writing", e))
 }
 
 /// `bpf_link_create` on a cgroup accepts no attach flags (EINVAL otherwise): the kernel always
@@ -152,41 +157,73 @@ fn attach(
     }
 }
 
-/// Removes every pin under `root`: links first (which detaches the programs from the cgroup),
-/// then programs and maps, then the directories. Missing pins are not an error.
-///
-/// The kernel frees a link whose last pin is removed from a deferred work item, so uninstall
-/// waits (up to [`DETACH_WAIT`]) until the links' ids are gone: on return nothing is attached.
+/// Removes both generations: the swap directory's (a staged or retired generation, see
+/// `upgrade.rs`), then the root's. On return nothing of either is attached or pinned.
 pub fn uninstall(root: &Path) -> Result<(), DatapathError> {
-    let link_ids: Vec<u32> = PROGRAMS
-        .iter()
-        .filter_map(|(name, _)| PinnedLink::from_pin(pins::link(root, name)).ok())
-        .filter_map(|link| FdLink::from(link).info().ok().map(|info| info.id()))
-        .collect();
-    for dir in [pins::LINKS_DIR, pins::PROGRAMS_DIR, pins::MAPS_DIR] {
-        let path = root.join(dir);
-        let entries = match fs::read_dir(&path) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(DatapathError::io("listing", &path, e)),
-        };
-        for entry in entries {
-            let entry = entry.map_err(|e| DatapathError::io("listing", &path, e))?;
-            let pin = entry.path();
-            remove_if_present(&pin, |p| fs::remove_file(p))?;
-        }
-        remove_if_present(&path, |p| fs::remove_dir(p))?;
-    }
-    remove_if_present(root, |p| fs::remove_dir(p))?;
-    wait_for_detach(&link_ids);
+    remove_generation(&pins::swap(root))?;
+    remove_generation(root)?;
     tracing::info!(root = %root.display(), "datapath uninstalled");
     Ok(())
+}
+
+/// Removes every pin of the generation under `dir`: links first (which detaches the programs
+/// from the cgroup), then programs and maps, then the directories. Missing pins are not an
+/// error; every pin is removed, whatever its name (an older object's too).
+///
+/// The kernel frees a link whose last pin is removed from a deferred work item, so this waits
+/// (up to [`DETACH_WAIT`]) until the links' ids are gone: on return nothing is attached.
+pub fn remove_generation(dir: &Path) -> Result<(), DatapathError> {
+    let link_ids = unpin_links(dir)?;
+    for sub in [pins::PROGRAMS_DIR, pins::MAPS_DIR] {
+        remove_pins_in(&dir.join(sub))?;
+    }
+    remove_if_present(dir, |p| fs::remove_dir(p))?;
+    wait_for_detach(&link_ids);
+    Ok(())
+}
+
+/// Removes the link pins of the generation under `dir` and their directory; returns the ids of
+/// the links they held (still being released by the kernel, see [`wait_for_detach`]).
+pub fn unpin_links(dir: &Path) -> Result<Vec<u32>, DatapathError> {
+    let links = dir.join(pins::LINKS_DIR);
+    let link_ids = pin_paths(&links)?
+        .into_iter()
+        .filter_map(|pin| PinnedLink::from_pin(pin).ok())
+        .filter_map(|link| FdLink::from(link).info().ok().map(|info| info.id()))
+        .collect();
+    remove_pins_in(&links)?;
+    Ok(link_ids)
+}
+
+/// The pins in directory `dir` (none when it does not exist).
+pub fn pin_paths(dir: &Path) -> Result<Vec<PathBuf>, DatapathError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(DatapathError::io("listing", dir, e)),
+    };
+    entries
+        .map(|entry| {
+            entry
+                .map(|e| e.path())
+                .map_err(|e| DatapathError::io("listing", dir, e))
+        })
+        .collect()
+}
+
+/// Removes every pin in `dir`, then `dir`.
+fn remove_pins_in(dir: &Path) -> Result<(), DatapathError> {
+    for pin in pin_paths(dir)? {
+        remove_if_present(&pin, |p| fs::remove_file(p))?;
+    }
+    remove_if_present(dir, |p| fs::remove_dir(p))
 }
 
 /// How long uninstall waits for the kernel to release the links.
 pub const DETACH_WAIT: Duration = Duration::from_secs(5);
 
-fn wait_for_detach(link_ids: &[u32]) {
+/// Waits (up to [`DETACH_WAIT`]) until no link of `link_ids` is listed by the kernel.
+pub fn wait_for_detach(link_ids: &[u32]) {
     let deadline = Instant::now() + DETACH_WAIT;
     loop {
         // A link being torn down is still listed but can no longer be opened: count it too.
