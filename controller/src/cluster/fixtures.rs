@@ -102,6 +102,17 @@ pub fn fresh(
     namespaces: &[(&str, BTreeMap<String, String>)],
     workloads: Vec<Workload>,
 ) -> CompiledState {
+    fresh_at(table, policies, namespaces, workloads, at())
+}
+
+/// [`fresh`] at instant `when`.
+pub fn fresh_at(
+    table: &AllocationTable,
+    policies: Vec<PolicyObject>,
+    namespaces: &[(&str, BTreeMap<String, String>)],
+    workloads: Vec<Workload>,
+    when: jiff::Timestamp,
+) -> CompiledState {
     let set = PolicySet::from_objects(policies.into_iter().map(|o| ("api".to_owned(), o))).unwrap();
     let inventory = Inventory {
         namespaces: namespaces
@@ -115,6 +126,6 @@ pub fn fresh(
     };
     inventory.validate("fresh").unwrap();
     Compiler::new(table.clone())
-        .compile(&set, &inventory, at())
+        .compile(&set, &inventory, when)
         .unwrap()
 }

@@ -822,3 +822,34 @@ fn publishing_changed_keys_equals_publishing_the_whole_state() {
         step(&mut p, what);
     }
 }
+
+#[test]
+fn a_rule_window_closing_recompiles_at_that_instant() {
+    let mut p = Pipeline::new(AllocationTable::new());
+    let mut lists = shop(&mut p);
+    p.flush(at()).unwrap();
+    let mut spec = seg_spec("pg", 5432);
+    spec["ingress"][0]["expiresAt"] = json!("2026-11-28T01:00:00Z");
+    let windowed = segpol("db", "pg", spec, 2);
+    lists.take(Event::Apply(windowed.clone()), &mut p);
+    p.flush(at()).unwrap();
+    let closes: jiff::Timestamp = "2026-11-28T01:00:00Z".parse().unwrap();
+    assert_eq!(p.state().unwrap().next_change, Some(closes));
+    let mut policies = shop_policies();
+    policies[1] = convert::segmentation_policy(&windowed).object;
+    // Before the instant nothing is due; at it, one full compile at the new instant.
+    let f = p.flush(at()).unwrap();
+    assert_eq!(f.compiler_calls, 0);
+    let later = closes + jiff::SignedDuration::from_secs(1);
+    let f = p.flush(later).unwrap();
+    assert_eq!((f.compiler_calls, f.full_compiles), (1, 1));
+    assert_eq!(p.state().unwrap().next_change, None);
+    let want = fresh_at(
+        &table(&p),
+        policies,
+        &shop_namespaces(),
+        shop_workloads(),
+        later,
+    );
+    assert_eq!(p.state().unwrap(), &want);
+}
