@@ -211,10 +211,18 @@ async fn run(args: Args) -> Result<()> {
         controller: NAME.to_owned(),
         instance: replica,
     };
+    if elector.is_some() {
+        // A standby until elected.
+        hub.set_serving(false);
+    }
     let (stop, stop_rx) = watch::channel(false);
     let signal_stop = stop.clone();
+    let signal_hub = hub.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
+        // End the open sync streams (UNAVAILABLE: the enforcers reconnect, to the next
+        // leader), so that the server's graceful shutdown completes.
+        signal_hub.set_serving(false);
         signal_stop.send_replace(true);
     });
     let (work, elector) = match elector {
