@@ -31,7 +31,8 @@ enum Task {
         #[arg(long, default_value_t = 20)]
         fuzz_seconds: u64,
     },
-    /// Benchmarks: policy compiler and datapath, reported as ratios to a baseline of the same run.
+    /// Benchmarks: policy compiler and datapath (ratios to a baseline of the same run), then the
+    /// controller at the scale of 5,000 nodes.
     Bench,
     /// Write the CRD manifests generated from the policy types to charts/bulkhead/crds/.
     Crds,
@@ -63,7 +64,20 @@ fn main() -> Result<()> {
         Task::Bench => {
             setup::all()?;
             build_release_bins()?;
-            run_built("bulkhead-bench")
+            run_built("bulkhead-bench")?;
+            // The controller at cluster scale (issue 4): 5,000 nodes, 50,000 pods, 2,000
+            // policies; initial compile and publication, snapshot sizes, change -> deltas.
+            cargo(&[
+                "test",
+                "--release",
+                "-p",
+                "bulkhead-controller",
+                "--lib",
+                "--",
+                "--ignored",
+                "--nocapture",
+                "scale",
+            ])
         }
         Task::Crds => crds(),
         Task::Proto => proto(),
