@@ -705,20 +705,28 @@ fn chart_renders_with_service_monitor_and_cert_manager() {
 
 #[test]
 fn chart_renders_dev_mode_and_the_bpffs_init_container() {
-    let objects = render(&["tls.enabled=false", "enforcer.mountBpffs.enabled=true"]).unwrap();
+    // Development mode: the controller alone, plaintext on its loopback; no enforcers (they
+    // only speak mutual TLS) and no TLS material.
+    let objects = render(&["tls.enabled=false"]).unwrap();
     check_rendering(&objects);
     assert!(
-        !objects
-            .iter()
-            .any(|o| o["kind"] == "Secret" || o["kind"] == "Certificate")
+        !objects.iter().any(|o| o["kind"] == "Secret"
+            || o["kind"] == "Certificate"
+            || o["kind"] == "DaemonSet")
     );
+    let deployment = find(&objects, "Deployment", "-controller");
+    assert!(args(&deployment["spec"]["template"]["spec"]["containers"][0]).contains(&"--insecure"));
+    assert!(deployment["spec"]["template"]["spec"]["volumes"].is_null());
+
+    let objects = render(&["enforcer.mountBpffs.enabled=true"]).unwrap();
+    check_rendering(&objects);
     let daemonset = find(&objects, "DaemonSet", "-enforcer");
     let pod = &daemonset["spec"]["template"]["spec"];
     let enforcer = &pod["containers"][0];
-    assert!(args(enforcer).contains(&"--insecure"));
+    assert!(!args(enforcer).contains(&"--insecure"));
     assert!(
         args(enforcer)
-            .contains(&"--controller=http://bulkhead-controller.bulkhead-system.svc:9443")
+            .contains(&"--controller=https://bulkhead-controller.bulkhead-system.svc:9443")
     );
     assert_eq!(
         enforcer["securityContext"]["capabilities"]["add"],
@@ -727,7 +735,4 @@ fn chart_renders_dev_mode_and_the_bpffs_init_container() {
     let init = &pod["initContainers"][0];
     assert_eq!(init["securityContext"]["privileged"], true);
     assert_eq!(init["volumeMounts"][0]["mountPropagation"], "Bidirectional");
-    let deployment = find(&objects, "Deployment", "-controller");
-    assert!(args(&deployment["spec"]["template"]["spec"]["containers"][0]).contains(&"--insecure"));
-    assert!(deployment["spec"]["template"]["spec"]["volumes"].is_null());
 }
