@@ -60,19 +60,7 @@ impl Verdicts {
         clock: &BootClock,
         state_dir: &StateDir,
     ) -> Result<()> {
-        self.write_events(&batch, attribution, clock)?;
-        let lost = batch
-            .lost
-            .saturating_sub(std::mem::take(&mut self.loss_baseline));
-        if lost > 0 {
-            self.write_loss(lost)?;
-            self.losses_logged += lost;
-            if let Err(error) = state_dir.save_losses_logged(self.losses_logged) {
-                tracing::error!(%error, "could not persist the lost-event count");
-            }
-        }
-        self.log.flush()?;
-        Ok(())
+        self.write_batch(batch, attribution, clock, state_dir, true)
     }
 
     /// Logs the last events of the generation an upgrade replaced
@@ -85,15 +73,36 @@ impl Verdicts {
         clock: &BootClock,
         state_dir: &StateDir,
     ) -> Result<()> {
+        self.write_batch(batch, attribution, clock, state_dir, false)
+    }
+
+    /// A batch of the live generation (its losses counted in `losses_logged`) or of the retired
+    /// one (after which only the live count remains to persist).
+    fn write_batch(
+        &mut self,
+        batch: EventBatch,
+        attribution: &Attribution,
+        clock: &BootClock,
+        state_dir: &StateDir,
+        live: bool,
+    ) -> Result<()> {
         self.write_events(&batch, attribution, clock)?;
-        let lost = batch
-            .lost
-            .saturating_sub(std::mem::take(&mut self.retired_baseline));
+        let baseline = if live {
+            &mut self.loss_baseline
+        } else {
+            &mut self.retired_baseline
+        };
+        let lost = batch.lost.saturating_sub(std::mem::take(baseline));
         if lost > 0 {
             self.write_loss(lost)?;
+            if live {
+                self.losses_logged += lost;
+            }
         }
         self.log.flush()?;
-        if let Err(error) = state_dir.save_losses_logged(self.losses_logged) {
+        if (lost > 0 || !live)
+            && let Err(error) = state_dir.save_losses_logged(self.losses_logged)
+        {
             tracing::error!(%error, "could not persist the lost-event count");
         }
         Ok(())
