@@ -4,6 +4,9 @@
 //! workloads in network namespaces, real traffic. Needs root and BPF; elsewhere it skips with a
 //! message (or fails when `BULKHEAD_REQUIRE_KERNEL_TESTS=1`).
 
+#[path = "support/meta.rs"]
+mod meta;
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
@@ -351,14 +354,44 @@ fn cluster_mode_enforces_the_controllers_view_through_pod_cgroups_and_outlives_t
     assert!(probe.dropped(&a, &b, 80));
     assert!(probe.dropped(&a, &c, 80));
 
-    // 8. SIGTERM: the enforcer exits, the pinned maps keep enforcing.
+    // 8. An upgrade: the pins now look like another enforcer's object. The restarted enforcer
+    // attaches its own generation alongside, fills it from the controller's state, swaps it in
+    // and retires the old one, with no gap; one generation stays attached.
+    let programs = bulkhead_tests::bpf_query::attached_count(&root).expect("BPF_PROG_QUERY");
+    agent.kill();
+    meta::other_object(agent.bpffs());
+    let before = hub.realized()[NODE];
+    agent
+        .start_cluster(&format!("http://{addr}"), NODE)
+        .expect("restart the enforcer (upgrade)");
+    hub.update(compile(80), &assignment);
+    wait(&agent, "the upgrade never finishes", &mut || {
+        realized(&hub)
+            && hub.realized()[NODE] > before
+            && agent.stderr().contains("previous generation retired")
+    });
+    assert!(agent.stderr().contains("Upgrading"), "{}", agent.stderr());
+    assert_eq!(
+        bulkhead_tests::bpf_query::attached_count(&root).expect("BPF_PROG_QUERY"),
+        programs,
+        "one generation attached after the upgrade"
+    );
+    assert_eq!(
+        meta::read_meta(agent.bpffs()),
+        enforcer::datapath::object_meta()
+    );
+    assert_eq!(probe.tcp(&a, &b, 80), ProbeResult::Connected);
+    assert!(probe.dropped(&a, &b, 81));
+    assert!(probe.dropped(&a, &c, 80));
+
+    // 9. SIGTERM: the enforcer exits, the pinned maps keep enforcing.
     agent.stop();
     assert!(!agent.running());
     assert!(
-        probe.dropped(&a, &b, 80),
+        probe.dropped(&a, &b, 81),
         "enforcement outlives the process"
     );
-    assert_eq!(probe.tcp(&a, &b, 81), ProbeResult::Connected);
+    assert_eq!(probe.tcp(&a, &b, 80), ProbeResult::Connected);
     controller.shutdown_background();
 }
 

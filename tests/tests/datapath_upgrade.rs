@@ -9,6 +9,8 @@
 )]
 #[path = "datapath/common.rs"]
 mod common;
+#[path = "support/meta.rs"]
+mod meta;
 
 use std::{
     fs,
@@ -18,7 +20,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{Array, Map, MapData};
 use bulkhead_tests::{
     agent::{AgentRun, InventoryWorkload, inventory_yaml},
     bpf_query,
@@ -26,7 +27,8 @@ use bulkhead_tests::{
 };
 use common::*;
 use enforcer::datapath::{self, DesiredMaps, Origin, pins, upgrade};
-use enforcer_common::{DIR_EGRESS, HOOK_CONNECT, META_LAYOUT_VERSION, ObjectMeta, PROTO_TCP};
+use enforcer_common::{DIR_EGRESS, HOOK_CONNECT, PROTO_TCP};
+use meta::{other_object, read_meta};
 
 /// The client may reach the server's port 80 only.
 fn policy(env: &Env) -> DesiredMaps {
@@ -70,28 +72,6 @@ fn assert_attached(env: &Env, expected: usize, when: &str) {
         );
         thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn meta_map(dir: &Path) -> Array<MapData, ObjectMeta> {
-    let data = MapData::from_pin(pins::map(dir, pins::MAP_META)).expect("META pin");
-    Map::from_map_data(data)
-        .expect("META type")
-        .try_into()
-        .expect("META value type")
-}
-
-fn read_meta(dir: &Path) -> ObjectMeta {
-    meta_map(dir).get(&0, 0).expect("read META")
-}
-
-/// An install of another object: same programs, another hash in `META`.
-fn other_object(root: &Path) {
-    let other = ObjectMeta {
-        object_sha256: [0xaa; 32],
-        layout_version: META_LAYOUT_VERSION,
-        _pad: [0; 4],
-    };
-    meta_map(root).set(0, other, 0).expect("write META");
 }
 
 /// An install older than `META`.
