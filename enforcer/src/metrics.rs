@@ -37,6 +37,10 @@ pub struct Metrics {
     pub policy_revision: Gauge,
     pub apply_errors: Counter,
     pub invalid_inputs: Counter,
+    /// Cluster mode: 1 while the sync stream with the controller is open.
+    pub sync_connected: Gauge,
+    /// Cluster mode: pods of the node's view whose cgroup was not found (not enforced yet).
+    pub pods_missing_cgroup: Gauge,
 }
 
 impl Default for Metrics {
@@ -49,6 +53,8 @@ impl Default for Metrics {
         let policy_revision = Gauge::default();
         let apply_errors = Counter::default();
         let invalid_inputs = Counter::default();
+        let sync_connected = Gauge::default();
+        let pods_missing_cgroup = Gauge::default();
         registry.register(
             "verdicts",
             "Verdicts on new connections, by direction, verdict and deciding policy",
@@ -84,6 +90,17 @@ impl Default for Metrics {
             "Policy or inventory changes refused as invalid (the last good state kept enforcing)",
             invalid_inputs.clone(),
         );
+        registry.register(
+            "sync_connected",
+            "Cluster mode: 1 while the policy sync stream with the controller is open, else 0 \
+             (the last state keeps enforcing)",
+            sync_connected.clone(),
+        );
+        registry.register(
+            "pods_missing_cgroup",
+            "Cluster mode: pods of this node's view whose cgroup was not found yet",
+            pods_missing_cgroup.clone(),
+        );
         Self {
             registry,
             verdicts,
@@ -93,6 +110,8 @@ impl Default for Metrics {
             policy_revision,
             apply_errors,
             invalid_inputs,
+            sync_connected,
+            pods_missing_cgroup,
         }
     }
 }

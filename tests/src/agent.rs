@@ -116,6 +116,16 @@ impl AgentRun {
         write_atomically(&self.inventory_path(), yaml)
     }
 
+    /// Where the agent serves its metrics, if [`Self::set_metrics`] was called.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics
+    }
+
+    /// The agent's metrics now (`None` while the endpoint does not answer).
+    pub fn scrape_metrics(&self) -> Option<String> {
+        scrape(self.metrics?)
+    }
+
     /// Serves the agent's metrics on `addr` (loopback) from the next start on.
     pub fn set_metrics(&mut self, addr: std::net::SocketAddr) {
         self.metrics = Some(addr);
@@ -250,4 +260,24 @@ fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
     let tmp = path.with_extension("tmp~");
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, path)
+}
+
+/// A free loopback address for an agent's metrics endpoint.
+pub fn free_loopback_addr() -> io::Result<std::net::SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+/// `GET /metrics` over plain HTTP/1.0 on loopback; `None` unless it answers 200.
+pub fn scrape(addr: std::net::SocketAddr) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let ok = response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200");
+    ok.then_some(response)
 }

@@ -6,7 +6,9 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use bulkhead_tests::agent::{AgentRun, InventoryWorkload, inventory_yaml};
+use bulkhead_tests::agent::{
+    AgentRun, InventoryWorkload, free_loopback_addr, inventory_yaml, scrape,
+};
 use bulkhead_tests::bpf_query::attached_count;
 use bulkhead_tests::netns::TestNet;
 use bulkhead_tests::workload::{ProbeResult, Proto, Server, Workload};
@@ -442,10 +444,7 @@ fn metrics_count_verdicts_by_policy_and_report_map_fill() {
     if skip() {
         return;
     }
-    let addr = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap()
-    };
+    let addr = free_loopback_addr().unwrap();
     let mut f = Fixture::new("metrics", ALLOW_80);
     f.agent.stop();
     f.agent.set_metrics(addr);
@@ -482,19 +481,4 @@ fn metrics_count_verdicts_by_policy_and_report_map_fill() {
         "{text}"
     );
     assert!(text.contains("bulkhead_events_lost_total 0"), "{text}");
-}
-
-/// `GET /metrics` over plain HTTP/1.0 on loopback.
-fn scrape(addr: std::net::SocketAddr) -> Option<String> {
-    use std::io::{Read as _, Write as _};
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let ok = response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200");
-    ok.then_some(response)
 }

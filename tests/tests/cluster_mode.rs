@@ -14,7 +14,7 @@ use std::time::Duration;
 use bulkhead_controller::sync::{NodeAssignment, SyncHub, serve};
 use bulkhead_policy::{CompiledState, Compiler, Inventory, PolicySet, WorkloadRef};
 use bulkhead_proto::security::Security;
-use bulkhead_tests::agent::{AgentRun, InventoryWorkload, inventory_yaml};
+use bulkhead_tests::agent::{AgentRun, InventoryWorkload, free_loopback_addr, inventory_yaml};
 use bulkhead_tests::cgroup::CgroupDir;
 use bulkhead_tests::netns::{TestNet, skip_kernel_tests};
 use bulkhead_tests::workload::{ProbeResult, Proto, Server, Workload};
@@ -112,6 +112,13 @@ fn wait(agent: &AgentRun, what: &str, cond: &mut dyn FnMut() -> bool) {
     );
 }
 
+/// The value of an unlabelled gauge in the agent's metrics.
+fn metric(agent: &AgentRun, name: &str) -> Option<i64> {
+    let text = agent.scrape_metrics()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 fn realized(hub: &SyncHub) -> bool {
     hub.realized().contains_key(NODE) && hub.realized().get(NODE) == hub.desired().get(NODE)
 }
@@ -192,6 +199,7 @@ fn start_node(
 ) -> (tokio::runtime::Runtime, SocketAddr, AgentRun, Vec<Server>) {
     let (controller, addr) = start_controller(hub, "127.0.0.1:0".parse().unwrap());
     let mut agent = AgentRun::new(net).expect("agent files");
+    agent.set_metrics(free_loopback_addr().expect("metrics address"));
     agent
         .start_cluster(&format!("http://{addr}"), NODE)
         .expect("start the enforcer");
@@ -255,8 +263,17 @@ fn cluster_mode_enforces_the_controllers_view_through_pod_cgroups_and_outlives_t
     let (controller, addr, mut agent, _servers) = start_node(&net, &hub, &[&a, &b]);
     let probe = Probe(&net);
 
-    // 1. The first snapshot: b admits a on 80 only; a is not isolated.
+    // 1. The first snapshot: b admits a on 80 only; a is not isolated. The metrics say the
+    // sync stream is open and c (in the view, no cgroup yet) is not enforced yet.
     first_snapshot_enforced(&agent, &hub, &probe, &a, &b);
+    wait(
+        &agent,
+        "metrics never show the open stream and c missing",
+        &mut || {
+            metric(&agent, "bulkhead_sync_connected") == Some(1)
+                && metric(&agent, "bulkhead_pods_missing_cgroup") == Some(1)
+        },
+    );
 
     // 2. Pod c is in the view before its cgroup exists. The kubelet creates the pod cgroup,
     // then the runtime the container's (`runc create`): the enforcer maps both as they appear,
@@ -304,7 +321,11 @@ fn cluster_mode_enforces_the_controllers_view_through_pod_cgroups_and_outlives_t
     assert!(probe.dropped(&a, &b, 80), "80 is no longer admitted");
 
     // 4. The controller dies: the enforcer stays up and the last state keeps enforcing.
+    assert_eq!(metric(&agent, "bulkhead_pods_missing_cgroup"), Some(0));
     controller.shutdown_background();
+    wait(&agent, "metrics never show the stream closed", &mut || {
+        metric(&agent, "bulkhead_sync_connected") == Some(0)
+    });
     assert!(agent.running(), "stderr:\n{}", agent.stderr());
     assert_eq!(probe.tcp(&a, &b, 81), ProbeResult::Connected);
     assert!(probe.dropped(&a, &b, 80));

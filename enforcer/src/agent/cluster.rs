@@ -114,6 +114,9 @@ impl NodeState {
             tracing::error!(%error, "could not persist the rule table");
         }
         self.missing = desired.missing.len();
+        self.metrics
+            .pods_missing_cgroup
+            .set(i64::try_from(self.missing).unwrap_or(i64::MAX));
         self.by_cgroup = desired.by_cgroup;
         self.held = Some(held.clone());
         // An upgrade (pins of another enforcer's object) completes once the new generation's
@@ -164,6 +167,10 @@ impl Enforce for Shared {
     fn enforce(&mut self, held: &Held, how: Applied) -> Result<(), String> {
         tracing::debug!(?how, revision = held.revision, "enforcing a sync message");
         lock(&self.0).enforce(held).map_err(|e| format!("{e:#}"))
+    }
+
+    fn connection(&mut self, open: bool) {
+        lock(&self.0).metrics.sync_connected.set(i64::from(open));
     }
 }
 

@@ -140,7 +140,9 @@ pub async fn run(
     check(config)?;
     let mut attempt = 0u32;
     loop {
-        match session(config, &mut held, enforce, &mut attempt).await {
+        let result = session(config, &mut held, enforce, &mut attempt).await;
+        enforce.connection(false);
+        match result {
             Ok(()) => tracing::info!(node = %config.node_name, "controller closed the sync stream"),
             Err(e) => tracing::warn!(node = %config.node_name, error = %e, "sync connection lost"),
         }
@@ -167,6 +169,7 @@ async fn session(
     tx.send(EnforcerMessage::from(&hello)).await?;
     let mut inbound: Streaming<ControllerMessage> =
         client.sync(ReceiverStream::new(rx)).await?.into_inner();
+    enforce.connection(true);
     while let Some(msg) = inbound.message().await? {
         let revision = match &msg.msg {
             Some(Msg::Snapshot(s)) => s.revision,

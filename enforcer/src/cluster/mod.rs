@@ -65,6 +65,9 @@ pub trait Enforce: Send {
     /// Enforces `held` (e.g. `held.desired(..)` written to the kernel maps). An error keeps the
     /// previous state in force and is reported to the controller.
     fn enforce(&mut self, held: &Held, how: Applied) -> Result<(), String>;
+
+    /// Told when a sync stream opens (`true`) and when it ends (`false`).
+    fn connection(&mut self, _open: bool) {}
 }
 
 /// The state an enforcer holds: which controller epoch and revision, and the node's view.
