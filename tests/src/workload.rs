@@ -133,12 +133,34 @@ impl Workload {
         Ok(server)
     }
 
-    /// Opens a TCP connection that stays up; see [`Session::exchange`].
+    /// Opens a TCP connection that stays up, after one exchange (its result is returned); see
+    /// [`Session::exchange`].
     pub fn open_session(
         &self,
         to: IpAddr,
         port: u16,
         timeout: Duration,
+    ) -> io::Result<(Session, ProbeResult)> {
+        self.session(to, port, timeout, false)
+    }
+
+    /// Opens a TCP connection that stays up, with the handshake only: no data is sent until
+    /// the first [`Session::exchange`]. `Connected` means the handshake completed.
+    pub fn open_idle_session(
+        &self,
+        to: IpAddr,
+        port: u16,
+        timeout: Duration,
+    ) -> io::Result<(Session, ProbeResult)> {
+        self.session(to, port, timeout, true)
+    }
+
+    fn session(
+        &self,
+        to: IpAddr,
+        port: u16,
+        timeout: Duration,
+        idle: bool,
     ) -> io::Result<(Session, ProbeResult)> {
         let mut cmd = self.command("session");
         cmd.args([
@@ -147,6 +169,9 @@ impl Workload {
             &port.to_string(),
             &timeout.as_millis().to_string(),
         ]);
+        if idle {
+            cmd.arg("idle");
+        }
         let mut child = cmd.stdout(Stdio::piped()).stdin(Stdio::piped()).spawn()?;
         let stdin = child
             .stdin

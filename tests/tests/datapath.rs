@@ -662,3 +662,45 @@ fn ancestor_levels_make_a_workload_cgroup_cover_its_children() {
         "leaf identity 300 is not egress-isolated: the leaf's own entry decides, not its parent's"
     );
 }
+
+#[test]
+fn an_accepted_connections_first_data_follows_the_revision_not_the_syn() {
+    if skip() {
+        return;
+    }
+    let mut env = Env::new("syn-then-revoke");
+    let _tcp = env.server.serve(&[80], Proto::Tcp).expect("server");
+    let mut m = env.base(1);
+    m.policy.insert(
+        key(SERVER, CLIENT, DIR_INGRESS, PROTO_TCP, 80, 16),
+        allow(20),
+    );
+    isolate(&mut m, SERVER, DIR_INGRESS, 98);
+    env.dp().apply(&m).expect("apply");
+    // Allowed at its SYN (revision 1): the handshake completes, no data yet. The accepted
+    // socket's first packet follows the SYN's decision only under the same revision.
+    let (mut allowed, first) = env
+        .client
+        .open_idle_session(env.server_v4(), 80, Duration::from_secs(1))
+        .expect("session");
+    assert_eq!(first, ProbeResult::Connected, "handshake");
+    assert_eq!(
+        allowed.exchange().expect("exchange"),
+        ProbeResult::Connected,
+        "first data under the SYN's revision"
+    );
+    let (mut revoked, first) = env
+        .client
+        .open_idle_session(env.server_v4(), 80, Duration::from_secs(1))
+        .expect("session");
+    assert_eq!(first, ProbeResult::Connected, "handshake");
+    // The grant goes between the handshake and the first data: that data must be dropped.
+    m.revision = 2;
+    m.policy.retain(|(k, _), _| k.direction != DIR_INGRESS);
+    env.dp().apply(&m).expect("apply");
+    assert_eq!(
+        revoked.exchange().expect("exchange"),
+        ProbeResult::Timeout,
+        "first data after the grant was revoked"
+    );
+}

@@ -52,7 +52,12 @@ fn run(args: &[String]) -> io::Result<()> {
             println!("{}", probe(proto, target(addr, port)?, millis(timeout)?));
             Ok(())
         }
-        ("session", [_tcp, addr, port, timeout]) => session(target(addr, port)?, millis(timeout)?),
+        ("session", [_tcp, addr, port, timeout]) => {
+            session(target(addr, port)?, millis(timeout)?, false)
+        }
+        ("session", [_tcp, addr, port, timeout, idle]) if idle == "idle" => {
+            session(target(addr, port)?, millis(timeout)?, true)
+        }
         ("reuse", [_tcp, addr, port, src_port, count, timeout]) => reuse(
             target(addr, port)?,
             src_port.parse().map_err(io::Error::other)?,
@@ -205,7 +210,7 @@ fn exchange(s: &mut TcpStream, timeout: Duration) -> &'static str {
     }
 }
 
-fn session(to: SocketAddr, timeout: Duration) -> io::Result<()> {
+fn session(to: SocketAddr, timeout: Duration, idle: bool) -> io::Result<()> {
     let mut stream = match TcpStream::connect_timeout(&to, timeout) {
         Ok(s) => s,
         Err(e) => {
@@ -213,7 +218,13 @@ fn session(to: SocketAddr, timeout: Duration) -> io::Result<()> {
             return Ok(());
         }
     };
-    println!("{}", exchange(&mut stream, timeout));
+    // `idle`: the handshake only, no data until the first line on stdin.
+    let first = if idle {
+        "connected"
+    } else {
+        exchange(&mut stream, timeout)
+    };
+    println!("{first}");
     io::stdout().flush()?;
     for line in io::stdin().lock().lines() {
         let _ = line?;
