@@ -7,5 +7,6 @@ pub mod cgroup;
 pub mod chart;
 pub mod conformance;
 pub mod netns;
+pub mod pass_programs;
 pub mod synth;
 pub mod workload;

@@ -17,7 +17,7 @@ use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
@@ -38,6 +38,7 @@ use super::{
 use crate::{
     bpf_query::{ALL_ATTACH_TYPES, attached_count},
     netns::TestNet,
+    pass_programs::PassPrograms,
     workload::Workload,
 };
 
@@ -68,6 +69,9 @@ const REPS: usize = 15;
 pub enum Config {
     /// No programs attached.
     Baseline,
+    /// Programs that pass everything (`r0 = 1; exit`) at the datapath's six hooks: what the
+    /// hooks themselves cost on this machine, the floor under any datapath's ratio.
+    Floor,
     /// The datapath with the pair's entries and a few others (~10).
     Small,
     /// The datapath with ~10,000 entries for many other peers and ports.
@@ -78,14 +82,21 @@ impl Config {
     pub fn label(self) -> &'static str {
         match self {
             Self::Baseline => "no programs (baseline)",
+            Self::Floor => "pass-only programs (hook floor)",
             Self::Small => "enforcer, ~10 entries",
             Self::Large => "enforcer, ~10k entries",
         }
     }
 
+    /// Whether the lane runs Bulkhead's datapath.
+    pub fn enforces(self) -> bool {
+        matches!(self, Self::Small | Self::Large)
+    }
+
     fn slug(self) -> &'static str {
         match self {
             Self::Baseline => "bench-base",
+            Self::Floor => "bench-floor",
             Self::Small => "bench-small",
             Self::Large => "bench-large",
         }
@@ -198,6 +209,7 @@ impl Drop for Enforcer {
 /// server, then the namespaces and cgroups.
 struct Lane {
     enforcer: Option<Enforcer>,
+    _pass: Option<PassPrograms>,
     server_process: ServerProcess,
     client: Workload,
     server: Workload,
@@ -248,10 +260,15 @@ impl Lane {
             result.addresses = maps.addresses.len();
             enforcer = Some(installed);
         }
+        let pass = (config == Config::Floor)
+            .then(|| PassPrograms::attach(net.cgroup_parent()))
+            .transpose()
+            .context("attaching the pass-only programs")?;
         result.programs_on_path = programs_on_path(&client.cgroup_path)?;
         let server_process = ServerProcess::start(&server, CRR_PORT, BULK_PORT)?;
         Ok(Self {
             enforcer,
+            _pass: pass,
             server_process,
             client,
             server,
@@ -345,15 +362,20 @@ pub fn run(progress: &mut dyn FnMut(&str)) -> Result<DatapathReport> {
         .build()?;
     let _entered = runtime.enter();
     progress("datapath: creating three lanes (namespaces, cgroups, datapaths)");
-    let mut lanes = [Config::Baseline, Config::Small, Config::Large]
-        .into_iter()
-        .map(Lane::new)
-        .collect::<Result<Vec<_>>>()?;
+    let mut lanes = [
+        Config::Baseline,
+        Config::Floor,
+        Config::Small,
+        Config::Large,
+    ]
+    .into_iter()
+    .map(Lane::new)
+    .collect::<Result<Vec<_>>>()?;
 
     for r in lanes.iter().map(|l| &l.result) {
         let expected = match r.config {
             Config::Baseline => 0,
-            Config::Small | Config::Large => ALL_ATTACH_TYPES.len(),
+            Config::Floor | Config::Small | Config::Large => ALL_ATTACH_TYPES.len(),
         };
         ensure!(
             r.programs_on_path == expected,
@@ -405,7 +427,7 @@ pub fn run(progress: &mut dyn FnMut(&str)) -> Result<DatapathReport> {
 
     for lane in &lanes {
         let r = &lane.result;
-        if r.config != Config::Baseline {
+        if r.config.enforces() {
             ensure!(
                 r.events > 0 && r.unexpected_events == 0,
                 "{}: {} events, {} not allowed by the pair's entries: the benchmark did not measure \
@@ -432,12 +454,66 @@ pub fn run(progress: &mut dyn FnMut(&str)) -> Result<DatapathReport> {
     })
 }
 
+/// Runs connection-rate repetitions of `configs`, interleaved, for `time`, printing each
+/// lane's median rate and CPU efficiency as ratios to the first lane's: a quick A/B measurement,
+/// and a steady load to look at with a profiler (`perf record -a -g`).
+pub fn profile(configs: &[Config], time: Duration, progress: &mut dyn FnMut(&str)) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let _entered = runtime.enter();
+    let mut lanes = configs
+        .iter()
+        .map(|&c| Lane::new(c))
+        .collect::<Result<Vec<_>>>()?;
+    for lane in &mut lanes {
+        progress(&format!(
+            "profile: {} (client cgroup {})",
+            lane.result.config.label(),
+            lane.client.cgroup_path.display()
+        ));
+        lane.connection_rate(CRR_WARM_UP)?;
+    }
+    let started = Instant::now();
+    let mut rep = 0;
+    while started.elapsed() < time {
+        let n = lanes.len();
+        for i in (0..n).map(|i| (i + rep) % n) {
+            let run = lanes[i].connection_rate(CRR_COUNT)?;
+            lanes[i].result.connection_rate.push(run.rate());
+            lanes[i]
+                .result
+                .connections_per_cpu_s
+                .push(run.per_cpu_second());
+        }
+        rep += 1;
+    }
+    let first = &lanes[0].result;
+    let (rate0, cpu0) = (
+        first.connection_rate.median(),
+        first.connections_per_cpu_s.median(),
+    );
+    for lane in &lanes {
+        let r = &lane.result;
+        let (rate, cpu) = (r.connection_rate.median(), r.connections_per_cpu_s.median());
+        progress(&format!(
+            "profile: {}: {rep} runs, median {rate:.0} connections/s ({:.3}), {cpu:.0} per \
+             CPU-second ({:.3}), {} verdict events",
+            r.config.label(),
+            rate / rate0,
+            cpu / cpu0,
+            r.events
+        ));
+    }
+    Ok(())
+}
+
 /// The maps of a configuration (none for the baseline): both workloads, the pair allowed on the
 /// two benchmark ports and nothing else (client egress and server ingress isolated), plus
 /// entries for other peers and ports that the pair's traffic never matches.
 fn desired(config: Config, client: &Workload, server: &Workload) -> Option<DesiredMaps> {
     let others = match config {
-        Config::Baseline => return None,
+        Config::Baseline | Config::Floor => return None,
         Config::Small => SMALL_OTHERS,
         Config::Large => LARGE_ENTRIES - PAIR_RULES.len(),
     };

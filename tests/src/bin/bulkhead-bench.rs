@@ -2,11 +2,16 @@
 //! datapath on veth between workload namespaces, reported as Markdown tables (for the README)
 //! and a one-line JSON summary on stdout; progress goes to stderr. See `bulkhead_tests::bench`.
 //!
-//! Usage: `bulkhead-bench [compile|datapath]` (default: both). The datapath part needs root and
+//! Usage: `bulkhead-bench [compile|datapath]` (default: both), or `bulkhead-bench profile
+//! <baseline|floor|small|large>[,...] <seconds>`: connection-rate runs of those datapath lanes,
+//! interleaved, as ratios to the first (a quick A/B measurement and a load for a profiler). The datapath part needs root and
 //! BPF. The binary also runs itself as the client and server inside the workloads
 //! (`bulkhead-bench worker ...`, see `bench::worker`).
 
-use std::{process::ExitCode, time::Instant};
+use std::{
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Result, bail};
 use bulkhead_tests::{
@@ -42,12 +47,42 @@ fn main() -> ExitCode {
     }
 }
 
+/// `profile <config>[,<config>...] <seconds>`: connection-rate load on those lanes,
+/// interleaved, with their medians as ratios to the first one's.
+fn profile(configs: &str, seconds: &str) -> Result<()> {
+    let configs = configs
+        .split(',')
+        .map(|c| match c {
+            "baseline" => Ok(datapath::Config::Baseline),
+            "floor" => Ok(datapath::Config::Floor),
+            "small" => Ok(datapath::Config::Small),
+            "large" => Ok(datapath::Config::Large),
+            other => {
+                bail!("profile: unknown configuration {other:?} (baseline, floor, small, large)")
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let seconds: u64 = seconds
+        .parse()
+        .map_err(|e| anyhow::anyhow!("profile: seconds {seconds:?}: {e}"))?;
+    if let Err(why) = kernel_tests_possible() {
+        bail!("profiling the datapath needs root and BPF: {why}");
+    }
+    let started = Instant::now();
+    let mut progress = |step: &str| eprintln!("[{:6.1} s] {step}", started.elapsed().as_secs_f64());
+    datapath::profile(&configs, Duration::from_secs(seconds), &mut progress)
+}
+
 fn run(args: &[String]) -> Result<()> {
     let (with_compile, with_datapath) = match args {
         [] => (true, true),
         [part] if part == "compile" => (true, false),
         [part] if part == "datapath" => (false, true),
-        _ => bail!("usage: bulkhead-bench [compile|datapath]"),
+        [part, configs, seconds] if part == "profile" => return profile(configs, seconds),
+        _ => bail!(
+            "usage: bulkhead-bench [compile|datapath] | profile <baseline|floor|small|large>[,...] \
+             <seconds>"
+        ),
     };
     if with_datapath && let Err(why) = kernel_tests_possible() {
         bail!("the datapath benchmark needs root and BPF: {why}");
