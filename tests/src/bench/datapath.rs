@@ -488,6 +488,31 @@ pub fn profile(configs: &[Config], time: Duration, progress: &mut dyn FnMut(&str
         }
         rep += 1;
     }
+    let stats_fd = enable_program_stats()?;
+    for lane in &mut lanes {
+        let Some(s0) = lane.program_stats()? else {
+            continue;
+        };
+        lane.connection_rate(CRR_COUNT)?;
+        let s1 = lane.program_stats()?.context("stats")?;
+        let per_connection = costs(&s0, &s1)
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {:.0} ns x {:.1}",
+                    c.program,
+                    c.ns_per_run(),
+                    c.runs as f64 / f64::from(CRR_COUNT)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        progress(&format!(
+            "profile: {}: per connection (stats pass): {per_connection}",
+            lane.result.config.label()
+        ));
+    }
+    drop(stats_fd);
     let first = &lanes[0].result;
     let (rate0, cpu0) = (
         first.connection_rate.median(),
@@ -498,11 +523,12 @@ pub fn profile(configs: &[Config], time: Duration, progress: &mut dyn FnMut(&str
         let (rate, cpu) = (r.connection_rate.median(), r.connections_per_cpu_s.median());
         progress(&format!(
             "profile: {}: {rep} runs, median {rate:.0} connections/s ({:.3}), {cpu:.0} per \
-             CPU-second ({:.3}), {} verdict events",
+             CPU-second ({:.3}), {} verdict events, {} lost",
             r.config.label(),
             rate / rate0,
             cpu / cpu0,
-            r.events
+            r.events,
+            r.lost_events
         ));
     }
     Ok(())
