@@ -62,7 +62,10 @@ const CRR_WARM_UP: u32 = 300;
 const BULK_TIME: Duration = Duration::from_millis(500);
 const BULK_WARM_UP: Duration = Duration::from_millis(300);
 /// Measured repetitions per lane.
-const REPS: usize = 15;
+const REPS: usize = 21;
+/// Rounds of the statistics pass (one connection-rate run and one bulk run per lane each,
+/// lanes interleaved), summed: one run alone is at the mercy of a noisy neighbour.
+pub const STATS_ROUNDS: usize = 3;
 
 /// One configuration of the datapath.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -337,6 +340,19 @@ fn programs_on_path(cgroup: &Path) -> Result<usize> {
     Ok(n)
 }
 
+/// Adds one reading's per-program costs to a running total.
+fn add_costs(total: &mut Vec<ProgramCost>, more: &[ProgramCost]) {
+    for m in more {
+        match total.iter_mut().find(|t| t.program == m.program) {
+            Some(t) => {
+                t.runs += m.runs;
+                t.run_time_ns += m.run_time_ns;
+            }
+            None => total.push(m.clone()),
+        }
+    }
+}
+
 /// Per-program differences between two readings; programs that did not run are left out.
 fn costs(before: &[ProgramStats], after: &[ProgramStats]) -> Vec<ProgramCost> {
     let before: BTreeMap<_, _> = before.iter().map(|s| (s.name, s)).collect();
@@ -411,17 +427,21 @@ pub fn run(progress: &mut dyn FnMut(&str)) -> Result<DatapathReport> {
 
     progress("datapath: program run times (BPF_ENABLE_STATS on)");
     let stats_fd = enable_program_stats()?;
-    for lane in &mut lanes {
-        let Some(s0) = lane.program_stats()? else {
-            continue;
-        };
-        lane.connection_rate(CRR_COUNT)?;
-        lane.result.stats_connections = u64::from(CRR_COUNT);
-        let s1 = lane.program_stats()?.context("stats")?;
-        lane.result.stats_bulk_bytes = lane.throughput(BULK_TIME)?.units;
-        let s2 = lane.program_stats()?.context("stats")?;
-        lane.result.connection_costs = costs(&s0, &s1);
-        lane.result.bulk_costs = costs(&s1, &s2);
+    for round in 0..STATS_ROUNDS {
+        let n = lanes.len();
+        for i in (0..n).map(|i| (i + round) % n) {
+            let lane = &mut lanes[i];
+            let Some(s0) = lane.program_stats()? else {
+                continue;
+            };
+            lane.connection_rate(CRR_COUNT)?;
+            lane.result.stats_connections += u64::from(CRR_COUNT);
+            let s1 = lane.program_stats()?.context("stats")?;
+            lane.result.stats_bulk_bytes += lane.throughput(BULK_TIME)?.units;
+            let s2 = lane.program_stats()?.context("stats")?;
+            add_costs(&mut lane.result.connection_costs, &costs(&s0, &s1));
+            add_costs(&mut lane.result.bulk_costs, &costs(&s1, &s2));
+        }
     }
     drop(stats_fd);
 

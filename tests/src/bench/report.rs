@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::{
     compile::CompileReport,
-    datapath::{Config, DatapathReport, LaneResult, ProgramCost},
+    datapath::{Config, DatapathReport, LaneResult, ProgramCost, STATS_ROUNDS},
     stats::{Samples, paired_ratio, ratio},
 };
 
@@ -266,7 +266,10 @@ fn datapath_tables(out: &mut String, d: &DatapathReport) {
          on the two benchmark ports; every verdict event is read and checked. The targets are \
          ratios of wall-clock rates; on a loaded machine the CPU-efficiency ratios (work per \
          CPU-second of the client and the server, whose tasks run the whole veth path and the \
-         programs) are the steadier estimate of the same cost.\n",
+         programs) are the steadier estimate of the same cost. The hook-floor lane attaches \
+         programs that pass everything (two instructions) at the same six hooks: what the \
+         kernel's hooks cost on this machine before any program body runs, the ceiling of any \
+         datapath's ratio here.\n",
         d.reps,
         count(u64::from(d.connections_per_run)),
         d.bulk_time.as_secs_f64()
@@ -424,10 +427,11 @@ fn program_table(out: &mut String, d: &DatapathReport) {
     };
     let _ = writeln!(
         out,
-        "Programs' own run time per invocation (`BPF_ENABLE_STATS`, a separate pass of one \
-         connection-rate run and one bulk run per configuration, because the statistics cost \
-         time themselves). Connections are decided once (connect, SYN) and then follow the \
-         socket's cached decision, so bulk packets never look at the policy trie.\n"
+        "Programs' own run time per invocation (`BPF_ENABLE_STATS`, a separate pass of \
+         {STATS_ROUNDS} rounds of one connection-rate run and one bulk run per configuration, \
+         interleaved, because the statistics cost time themselves). Connections are decided \
+         once (connect, SYN) and then follow the socket's cached decision, so bulk packets never \
+         look at the policy trie.\n"
     );
     let _ = writeln!(
         out,
