@@ -263,10 +263,11 @@ fn datapath_tables(out: &mut String, d: &DatapathReport) {
          {} repetitions per configuration, interleaved; a repetition is {} sequential connections \
          (connect, 64-byte request and response, close) and {} s of one stream of 64 KiB writes. \
          The enforcer isolates both workloads (client egress, server ingress) and allows the pair \
-         on the two benchmark ports; every verdict event is read and checked. The targets are \
-         ratios of wall-clock rates; on a loaded machine the CPU-efficiency ratios (work per \
-         CPU-second of the client and the server, whose tasks run the whole veth path and the \
-         programs) are the steadier estimate of the same cost. The hook-floor lane attaches \
+         on the two benchmark ports; every verdict event is read and checked. Client and server \
+         run pinned to one CPU, so every run has the same placement and the wall-clock rate \
+         measures the CPU cost of the whole path, programs included; the CPU-efficiency ratios \
+         (work per CPU-second of the client and the server, whose tasks run the whole veth path \
+         and the programs) check it. The targets are ratios of wall-clock rates. The hook-floor lane attaches \
          programs that pass everything (two instructions) at the same six hooks: what the \
          kernel's hooks cost on this machine before any program body runs, the ceiling of any \
          datapath's ratio here.\n",
