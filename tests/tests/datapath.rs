@@ -18,7 +18,9 @@ use std::{
 };
 
 use bulkhead_tests::{
+    bpf_query::{ALL_ATTACH_TYPES, attached_count, attached_programs},
     cgroup::CgroupDir,
+    pass_programs::PassPrograms,
     workload::{ProbeResult, Proto, Workload},
 };
 use common::*;
@@ -703,4 +705,33 @@ fn an_accepted_connections_first_data_follows_the_revision_not_the_syn() {
         ProbeResult::Timeout,
         "first data after the grant was revoked"
     );
+}
+
+/// The benchmark's hook-floor lane: pass-only programs attach once at each of the datapath's six
+/// hooks, let every connection through, and are detached when dropped.
+#[test]
+fn pass_only_programs_attach_at_the_six_hooks_and_detach_on_drop() {
+    if skip() {
+        return;
+    }
+    let env = Env::without_datapath("pass-only");
+    let _tcp = env.server.serve(&[80], Proto::Tcp).expect("server");
+    let _udp = env.server.serve(&[80], Proto::Udp).expect("server");
+    let parent = env.net.cgroup_parent();
+    let pass = PassPrograms::attach(parent).expect("attach");
+    for attach_type in ALL_ATTACH_TYPES {
+        let ids = attached_programs(parent, attach_type).expect("query");
+        assert_eq!(ids.len(), 1, "attach type {attach_type}: {ids:?}");
+    }
+    for ip in [env.server_v4(), env.server_v6()] {
+        for proto in ALL_PROTOS {
+            assert_eq!(
+                env.net.probe(&env.client, ip, 80, proto),
+                ProbeResult::Connected,
+                "{ip} {proto:?}"
+            );
+        }
+    }
+    drop(pass);
+    assert_eq!(attached_count(parent).expect("query"), 0);
 }
