@@ -5,10 +5,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use bulkhead_endpoints::{Answer, StatusCode};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -167,8 +164,8 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
-    fn respond<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
-        let (status, body) = match req.uri().path() {
+    fn answer(&self, path: &str) -> Answer {
+        match path {
             "/metrics" => {
                 let connected = self.hub.connected().len();
                 self.metrics
@@ -176,40 +173,20 @@ impl Endpoints {
                     .set(i64::try_from(connected).unwrap_or(i64::MAX));
                 (StatusCode::OK, self.metrics.encode())
             }
-            "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
-            "/readyz" if self.ready.load(Ordering::Acquire) => (StatusCode::OK, "ok\n".to_owned()),
+            "/healthz" => bulkhead_endpoints::ok(),
+            "/readyz" if self.ready.load(Ordering::Acquire) => bulkhead_endpoints::ok(),
             "/readyz" => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "initial lists not compiled yet\n".to_owned(),
             ),
-            _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
-        };
-        Response::builder()
-            .status(status)
-            .header("content-type", "text/plain; version=0.0.4")
-            .body(Full::new(Bytes::from(body)))
-            .expect("static response parts are valid")
+            _ => bulkhead_endpoints::not_found(),
+        }
     }
 }
 
 /// Serves the endpoints on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, endpoints: Endpoints) -> std::io::Result<()> {
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let endpoints = endpoints.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let endpoints = endpoints.clone();
-                async move { Ok::<_, std::convert::Infallible>(endpoints.respond(&req)) }
-            });
-            if let Err(error) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%error, "metrics connection ended");
-            }
-        });
-    }
+    bulkhead_endpoints::serve(listener, move |path: &str| endpoints.answer(path)).await
 }
 
 #[cfg(test)]
@@ -217,13 +194,7 @@ mod tests {
     use super::*;
 
     fn get(endpoints: &Endpoints, path: &str) -> (StatusCode, String) {
-        let response = endpoints.respond(&Request::builder().uri(path).body(()).unwrap());
-        let status = response.status();
-        let body =
-            futures::executor::block_on(http_body_util::BodyExt::collect(response.into_body()))
-                .unwrap()
-                .to_bytes();
-        (status, String::from_utf8(body.to_vec()).unwrap())
+        endpoints.answer(path)
     }
 
     #[test]

@@ -3,10 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use bulkhead_endpoints::{Answer, StatusCode};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -130,35 +127,15 @@ impl Metrics {
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving metrics");
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let metrics = Arc::clone(&metrics);
-                async move { Ok::<_, std::convert::Infallible>(respond(&req, &metrics)) }
-            });
-            if let Err(error) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%error, "metrics connection ended");
-            }
-        });
-    }
+    bulkhead_endpoints::serve(listener, move |path: &str| answer(path, &metrics)).await
 }
 
-fn respond<B>(req: &Request<B>, metrics: &Metrics) -> Response<Full<Bytes>> {
-    let (status, body) = match req.uri().path() {
+fn answer(path: &str, metrics: &Metrics) -> Answer {
+    match path {
         "/metrics" => (StatusCode::OK, metrics.encode()),
-        "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
-        _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
-    };
-    Response::builder()
-        .status(status)
-        .header("content-type", "text/plain; version=0.0.4")
-        .body(Full::new(Bytes::from(body)))
-        .expect("static response parts are valid")
+        "/healthz" => bulkhead_endpoints::ok(),
+        _ => bulkhead_endpoints::not_found(),
+    }
 }
 
 #[cfg(test)]
