@@ -26,11 +26,11 @@ const BPF_PROG_TYPE_CGROUP_SKB: u32 = 8;
 const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
 
 /// `r0 = 1` (`BPF_ALU64 | BPF_MOV | BPF_K`), then `exit` (`BPF_JMP | BPF_EXIT`).
-const PASS: [u64; 2] = [
+static PASS: [u64; 2] = [
     u64::from_le_bytes([0xb7, 0x00, 0, 0, 1, 0, 0, 0]),
     u64::from_le_bytes([0x95, 0x00, 0, 0, 0, 0, 0, 0]),
 ];
-const LICENSE: &CStr = c"GPL";
+static LICENSE: &CStr = c"GPL";
 
 /// The leading fields of `bpf_attr` for `BPF_PROG_LOAD`.
 #[repr(C)]
@@ -120,12 +120,7 @@ fn load(prog_type: u32, attach_type: u32, name: &str) -> io::Result<OwnedFd> {
         insns: PASS.as_ptr() as u64,
         license: LICENSE.as_ptr() as u64,
         prog_name,
-        // Ignored by the kernel for cgroup_skb, required for the sock_addr hooks.
-        expected_attach_type: if prog_type == BPF_PROG_TYPE_CGROUP_SKB {
-            0
-        } else {
-            attach_type
-        },
+        expected_attach_type: attach_type,
         ..LoadAttr::default()
     };
     bpf(BPF_PROG_LOAD, &attr)
@@ -141,15 +136,21 @@ fn link(prog: &OwnedFd, cgroup: &File, attach_type: u32) -> io::Result<OwnedFd> 
     bpf(BPF_LINK_CREATE, &attr)
 }
 
+/// The two `bpf_attr` prefixes this module passes: every value of them is valid for its command
+/// (their only pointers, in [`LoadAttr`], refer to statics).
+trait Attr {}
+impl Attr for LoadAttr {}
+impl Attr for LinkAttr {}
+
 /// One `bpf(2)` call that returns a new file descriptor.
 #[expect(
     unsafe_code,
     reason = "BPF_PROG_LOAD of raw instructions has no wrapper in aya 0.14"
 )]
-fn bpf<A>(cmd: libc::c_long, attr: &A) -> io::Result<OwnedFd> {
+fn bpf<A: Attr>(cmd: libc::c_long, attr: &A) -> io::Result<OwnedFd> {
     // SAFETY: `attr` is a valid, initialised prefix of `bpf_attr` for `cmd` (the kernel accepts a
-    // shorter attr and zero-fills the rest); every pointer in it (instructions, license) refers to
-    // a static that outlives the call.
+    // shorter attr and zero-fills the rest); the pointers in it (instructions, license) refer to
+    // statics.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_bpf,

@@ -1,7 +1,8 @@
 //! Part B: the kernel datapath on veth between two workload namespaces (issue 3).
 //!
-//! Three identical test networks ("lanes") exist side by side, one per configuration: no
-//! programs (the baseline), the datapath with ~10 policy entries, and the datapath with ~10,000.
+//! Four identical test networks ("lanes") exist side by side, one per configuration: no
+//! programs (the baseline), pass-only programs at the datapath's six hooks (the hook floor), the
+//! datapath with ~10 policy entries, and the datapath with ~10,000.
 //! Each lane has a client and a server workload with the same addresses (10.200.0.1 -> .2, in
 //! namespaces of their own), and the datapath, when there is one, is attached to the lane's
 //! parent cgroup under a bpffs root of its own. Repetitions run the lanes back to back, in an
@@ -329,7 +330,7 @@ impl Lane {
 }
 
 /// Programs attached to `cgroup` and to each of its ancestors up to the cgroup v2 root (the
-/// programs that see the cgroup's traffic).
+/// programs that see the cgroup's traffic): 0 for the baseline, 6 for the other lanes.
 fn programs_on_path(cgroup: &Path) -> Result<usize> {
     let root = find_cgroup2_mount()?;
     let mut n = 0;
@@ -370,24 +371,10 @@ fn costs(before: &[ProgramStats], after: &[ProgramStats]) -> Vec<ProgramCost> {
         .collect()
 }
 
-/// Runs part B; `progress` receives one line per step.
-pub fn run(progress: &mut dyn FnMut(&str)) -> Result<DatapathReport> {
-    // The event readers register with this runtime's reactor: it must outlive the lanes.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let _entered = runtime.enter();
-    progress("datapath: creating three lanes (namespaces, cgroups, datapaths)");
-    let mut lanes = [
-        Config::Baseline,
-        Config::Floor,
-        Config::Small,
-        Config::Large,
-    ]
-    .into_iter()
-    .map(Lane::new)
-    .collect::<Result<Vec<_>>>()?;
-
+/// Fails unless each lane has exactly its own programs on its client's cgroup path (none for the
+/// baseline, the six for the others): another datapath, at the cgroup root say, would distort
+/// every comparison.
+fn check_placement(lanes: &[Lane]) -> Result<()> {
     for r in lanes.iter().map(|l| &l.result) {
         let expected = match r.config {
             Config::Baseline => 0,
@@ -401,6 +388,29 @@ pub fn run(progress: &mut dyn FnMut(&str)) -> Result<DatapathReport> {
             r.programs_on_path
         );
     }
+
+    Ok(())
+}
+
+/// Runs part B; `progress` receives one line per step.
+pub fn run(progress: &mut dyn FnMut(&str)) -> Result<DatapathReport> {
+    // The event readers register with this runtime's reactor: it must outlive the lanes.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let _entered = runtime.enter();
+    progress("datapath: creating four lanes (namespaces, cgroups, datapaths)");
+    let mut lanes = [
+        Config::Baseline,
+        Config::Floor,
+        Config::Small,
+        Config::Large,
+    ]
+    .into_iter()
+    .map(Lane::new)
+    .collect::<Result<Vec<_>>>()?;
+
+    check_placement(&lanes)?;
 
     progress("datapath: warm-up");
     for lane in &mut lanes {
@@ -486,6 +496,7 @@ pub fn profile(configs: &[Config], time: Duration, progress: &mut dyn FnMut(&str
         .iter()
         .map(|&c| Lane::new(c))
         .collect::<Result<Vec<_>>>()?;
+    check_placement(&lanes)?;
     for lane in &mut lanes {
         progress(&format!(
             "profile: {} (client cgroup {})",
@@ -496,7 +507,8 @@ pub fn profile(configs: &[Config], time: Duration, progress: &mut dyn FnMut(&str
     }
     let started = Instant::now();
     let mut rep = 0;
-    while started.elapsed() < time {
+    // At least one repetition, whatever `time` says.
+    while rep == 0 || started.elapsed() < time {
         let n = lanes.len();
         for i in (0..n).map(|i| (i + rep) % n) {
             let run = lanes[i].connection_rate(CRR_COUNT)?;

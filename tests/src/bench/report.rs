@@ -299,7 +299,9 @@ fn datapath_tables(out: &mut String, d: &DatapathReport) {
         let best = ratio(s(l).max(), s(base).max());
         match l.config {
             Config::Baseline => "1 (baseline)".to_owned(),
-            Config::Floor => format!("{r:.3} (floor of any datapath); best/best {best:.3}"),
+            Config::Floor => {
+                format!("{r:.3} (hook floor: no datapath here can do better); best/best {best:.3}")
+            }
             Config::Small | Config::Large => {
                 format!("{r:.3} ({}); best/best {best:.3}", met(r >= target))
             }

@@ -14,9 +14,9 @@
 //!   receiver's count; prints `ok BYTES NANOS CPU_NANOS` (from the first write to the count's
 //!   arrival).
 //!
-//! Placement: the server and the clients pin themselves to one CPU, the last (on a machine with
-//! two or more, so that the benchmark's own process, reading events, and the rest of the system
-//! keep the others). Every run of every lane then has the same placement, and the wall-clock
+//! Placement: the server and the clients pin themselves to one CPU, the highest they may run on
+//! (when they may run on two or more; the benchmark's own process, which reads the events between
+//! runs, is not pinned). Every run of every lane then has the same placement, and the wall-clock
 //! rates measure the CPU cost of the whole path, programs included. Left to the scheduler, on
 //! two CPUs, whether the two tasks share one changes from run to run, and that changes the rates
 //! by more than the effect being measured (the same two instructions at the hooks measured 0.95
@@ -99,15 +99,21 @@ fn join(cgroup: &Path, netns: &Path) -> io::Result<()> {
     fs::write("/proc/sys/net/ipv4/ip_local_port_range", "1024 65535")
 }
 
-/// Pins this process (and the threads it starts later) to the last CPU; nothing on a
-/// single-CPU machine.
+/// Pins this process (and the threads it starts later) to the highest CPU of its affinity mask;
+/// nothing when the mask holds a single CPU.
 fn pin() -> io::Result<()> {
-    let cpus = thread::available_parallelism().map_or(1, usize::from);
-    if cpus < 2 {
+    let allowed = rustix::thread::sched_getaffinity(None)?;
+    if allowed.count() < 2 {
         return Ok(());
     }
+    let Some(cpu) = (0..rustix::thread::CpuSet::MAX_CPU)
+        .rev()
+        .find(|&c| allowed.is_set(c))
+    else {
+        return Ok(());
+    };
     let mut set = rustix::thread::CpuSet::new();
-    set.set(cpus - 1);
+    set.set(cpu);
     rustix::thread::sched_setaffinity(None, &set)?;
     Ok(())
 }
