@@ -293,6 +293,14 @@ impl Lane {
         Ok(run)
     }
 
+    /// One measured connection-rate run, added to the lane's samples.
+    fn record_connection_rate(&mut self) -> Result<()> {
+        let run = self.connection_rate(CRR_COUNT)?;
+        self.result.connection_rate.push(run.rate());
+        self.result.connections_per_cpu_s.push(run.per_cpu_second());
+        Ok(())
+    }
+
     fn throughput(&mut self, time: Duration) -> Result<Run> {
         let target = self.target(BULK_PORT);
         let run = bulk_from(&self.client, &self.server_process, target, time)
@@ -421,12 +429,7 @@ pub fn run(progress: &mut dyn FnMut(&str)) -> Result<DatapathReport> {
         progress(&format!("datapath: repetition {}/{REPS}", rep + 1));
         let n = lanes.len();
         for i in (0..n).map(|i| (i + rep) % n) {
-            let run = lanes[i].connection_rate(CRR_COUNT)?;
-            lanes[i].result.connection_rate.push(run.rate());
-            lanes[i]
-                .result
-                .connections_per_cpu_s
-                .push(run.per_cpu_second());
+            lanes[i].record_connection_rate()?;
         }
         for i in (0..n).map(|i| (i + rep) % n) {
             let run = lanes[i].throughput(BULK_TIME)?;
@@ -511,12 +514,7 @@ pub fn profile(configs: &[Config], time: Duration, progress: &mut dyn FnMut(&str
     while rep == 0 || started.elapsed() < time {
         let n = lanes.len();
         for i in (0..n).map(|i| (i + rep) % n) {
-            let run = lanes[i].connection_rate(CRR_COUNT)?;
-            lanes[i].result.connection_rate.push(run.rate());
-            lanes[i]
-                .result
-                .connections_per_cpu_s
-                .push(run.per_cpu_second());
+            lanes[i].record_connection_rate()?;
         }
         rep += 1;
     }
