@@ -28,7 +28,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use super::attribution::Attribution;
 use super::state::StateDir;
-use super::verdicts::{self, Verdicts};
+use super::verdicts::{self, Generation, Verdicts};
 use crate::cluster::pods::{Driver, KubeletCgroups};
 use crate::cluster::watch::CgroupWatcher;
 use crate::cluster::{self, Applied, ClientConfig, Enforce, Held};
@@ -225,7 +225,13 @@ pub async fn run(config: ClusterConfig) -> Result<()> {
         tokio::select! {
             batch = events.next_batch() => {
                 let node = lock(&node);
-                verdicts.write(batch?, &node.attribution, &node.clock, &node.state_dir)?;
+                verdicts.write(
+                    Generation::Live,
+                    batch?,
+                    &node.attribution,
+                    &node.clock,
+                    &node.state_dir,
+                )?;
             }
             result = &mut client => {
                 let error = match result {
@@ -251,7 +257,13 @@ pub async fn run(config: ClusterConfig) -> Result<()> {
         }
         let mut node = lock(&node);
         if let Some(batch) = node.retired.take() {
-            verdicts.write_retired(batch, &node.attribution, &node.clock, &node.state_dir)?;
+            verdicts.write(
+                Generation::Retired,
+                batch,
+                &node.attribution,
+                &node.clock,
+                &node.state_dir,
+            )?;
         }
     }
     let node = lock(&node);

@@ -27,7 +27,7 @@ use crate::datapath::{self, BootClock, Datapath, EventBatch};
 use crate::metrics::Metrics;
 use attribution::Attribution;
 use state::StateDir;
-use verdicts::Verdicts;
+use verdicts::{Generation, Verdicts};
 
 /// Configuration of the standalone agent.
 #[derive(Clone, Debug)]
@@ -118,9 +118,13 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     // An upgrade swaps the new, now filled, generation in; the previous one's last events go to
     // the log, and the loss count restarts with the new generation's counter.
     if let Some(batch) = agent.datapath.finish_upgrade()? {
-        agent
-            .verdicts
-            .write_retired(batch, &agent.attribution, &agent.clock, &agent.state_dir)?;
+        agent.verdicts.write(
+            Generation::Retired,
+            batch,
+            &agent.attribution,
+            &agent.clock,
+            &agent.state_dir,
+        )?;
     }
     agent.serve().await
 }
@@ -248,7 +252,12 @@ impl Agent {
     }
 
     fn log_batch(&mut self, batch: EventBatch) -> Result<()> {
-        self.verdicts
-            .write(batch, &self.attribution, &self.clock, &self.state_dir)
+        self.verdicts.write(
+            Generation::Live,
+            batch,
+            &self.attribution,
+            &self.clock,
+            &self.state_dir,
+        )
     }
 }

@@ -11,6 +11,15 @@ use crate::datapath::{self, BootClock, Datapath, EventBatch, EventReader};
 use crate::metrics::{MapLabels, Metrics, VerdictLabels};
 use crate::verdict_log::{LossRecord, VerdictLog};
 
+/// Which datapath generation a batch of events comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Generation {
+    /// The generation attached now.
+    Live,
+    /// The one an upgrade has just replaced: its last events.
+    Retired,
+}
+
 /// The verdict log, the metrics, and how many lost events were already reported.
 pub struct Verdicts {
     pub log: VerdictLog,
@@ -52,40 +61,18 @@ impl Verdicts {
         })
     }
 
-    /// Logs and counts one batch.
+    /// Logs and counts one batch of `generation`. A retired generation's batch
+    /// ([`Datapath::finish_upgrade`]) also logs its losses not logged yet; after it, the count
+    /// persisted for restarts is the live generation's, now the only one.
     pub fn write(
         &mut self,
+        generation: Generation,
         batch: EventBatch,
         attribution: &Attribution,
         clock: &BootClock,
         state_dir: &StateDir,
     ) -> Result<()> {
-        self.write_batch(batch, attribution, clock, state_dir, true)
-    }
-
-    /// Logs the last events of the generation an upgrade replaced
-    /// ([`Datapath::finish_upgrade`]), and its losses not logged yet; the count persisted for
-    /// restarts is the live generation's, now the only one.
-    pub fn write_retired(
-        &mut self,
-        batch: EventBatch,
-        attribution: &Attribution,
-        clock: &BootClock,
-        state_dir: &StateDir,
-    ) -> Result<()> {
-        self.write_batch(batch, attribution, clock, state_dir, false)
-    }
-
-    /// A batch of the live generation (its losses counted in `losses_logged`) or of the retired
-    /// one (after which only the live count remains to persist).
-    fn write_batch(
-        &mut self,
-        batch: EventBatch,
-        attribution: &Attribution,
-        clock: &BootClock,
-        state_dir: &StateDir,
-        live: bool,
-    ) -> Result<()> {
+        let live = generation == Generation::Live;
         self.write_events(&batch, attribution, clock)?;
         let baseline = if live {
             &mut self.loss_baseline
@@ -156,7 +143,7 @@ impl Verdicts {
         state_dir: &StateDir,
     ) -> Result<()> {
         let batch = events.try_next_batch()?;
-        self.write(batch, attribution, clock, state_dir)?;
+        self.write(Generation::Live, batch, attribution, clock, state_dir)?;
         self.log.sync()?;
         Ok(())
     }
