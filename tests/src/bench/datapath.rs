@@ -396,7 +396,24 @@ fn check_placement(lanes: &[Lane]) -> Result<()> {
             r.programs_on_path
         );
     }
+    Ok(())
+}
 
+/// Fails unless every datapath lane read verdict events and all of them were the pair's allows.
+fn check_events(lanes: &[Lane]) -> Result<()> {
+    for lane in lanes {
+        let r = &lane.result;
+        if r.config.enforces() {
+            ensure!(
+                r.events > 0 && r.unexpected_events == 0,
+                "{}: {} events, {} not allowed by the pair's entries: the benchmark did not measure \
+                 what it claims",
+                r.config.label(),
+                r.events,
+                r.unexpected_events
+            );
+        }
+    }
     Ok(())
 }
 
@@ -458,19 +475,7 @@ pub fn run(progress: &mut dyn FnMut(&str)) -> Result<DatapathReport> {
     }
     drop(stats_fd);
 
-    for lane in &lanes {
-        let r = &lane.result;
-        if r.config.enforces() {
-            ensure!(
-                r.events > 0 && r.unexpected_events == 0,
-                "{}: {} events, {} not allowed by the pair's entries: the benchmark did not measure \
-                 what it claims",
-                r.config.label(),
-                r.events,
-                r.unexpected_events
-            );
-        }
-    }
+    check_events(&lanes)?;
     if lanes
         .iter()
         .any(|l| l.result.connection_rate.0.len() != REPS)
@@ -543,6 +548,7 @@ pub fn profile(configs: &[Config], time: Duration, progress: &mut dyn FnMut(&str
         ));
     }
     drop(stats_fd);
+    check_events(&lanes)?;
     let first = &lanes[0].result;
     let (rate0, cpu0) = (
         first.connection_rate.median(),
