@@ -8,5 +8,6 @@ pub mod chart;
 pub mod conformance;
 pub mod netns;
 pub mod pass_programs;
+pub mod signals;
 pub mod synth;
 pub mod workload;

@@ -123,7 +123,15 @@ fn load(prog_type: u32, attach_type: u32, name: &str) -> io::Result<OwnedFd> {
         expected_attach_type: attach_type,
         ..LoadAttr::default()
     };
-    bpf(BPF_PROG_LOAD, &attr)
+    // The verifier gives up with EAGAIN when a signal arrives while it runs: try again, as
+    // libbpf does (the enforcer also blocks signals around its loads, see its `verifier.rs`).
+    let mut attempts = 1;
+    loop {
+        match bpf(BPF_PROG_LOAD, &attr) {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && attempts < 5 => attempts += 1,
+            result => return result,
+        }
+    }
 }
 
 fn link(prog: &OwnedFd, cgroup: &File, attach_type: u32) -> io::Result<OwnedFd> {

@@ -25,7 +25,7 @@ use enforcer_common::{Config, identity};
 use super::{
     DatapathError, DatapathOptions,
     object::{self, Hook, OBJECT, PROGRAMS},
-    pins,
+    pins, verifier,
 };
 
 /// Loads, pins and attaches one generation under `root` (the root, or its swap directory during
@@ -138,7 +138,7 @@ fn attach(
     match hook {
         Hook::Skb(attach_type) => {
             let p: &mut CgroupSkb = program.try_into().map_err(err("has the wrong type"))?;
-            p.load().map_err(err("loading (verifier)"))?;
+            verifier::load(|| p.load()).map_err(err("loading (verifier)"))?;
             p.pin(&path).map_err(pin_err(path.clone()))?;
             let id = p
                 .attach(cgroup, attach_type, LINK_MODE)
@@ -148,7 +148,7 @@ fn attach(
         }
         Hook::SockAddr => {
             let p: &mut CgroupSockAddr = program.try_into().map_err(err("has the wrong type"))?;
-            p.load().map_err(err("loading (verifier)"))?;
+            verifier::load(|| p.load()).map_err(err("loading (verifier)"))?;
             p.pin(&path).map_err(pin_err(path.clone()))?;
             let id = p.attach(cgroup, LINK_MODE).map_err(err("attaching"))?;
             let link = p.take_link(id).map_err(err("taking the link"))?;

@@ -18,6 +18,7 @@ mod object;
 pub mod pins;
 mod system;
 pub mod upgrade;
+mod verifier;
 
 use std::path::{Path, PathBuf};
 

@@ -5,11 +5,12 @@ use std::{
     net::Ipv4Addr,
     path::PathBuf,
     process::{Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bulkhead_tests::{
     bpf_query,
+    signals::SignalStorm,
     workload::{ProbeResult, Proto},
 };
 use enforcer::datapath::{self, Datapath, DesiredMaps, Origin};
@@ -168,6 +169,37 @@ fn partial_installation_is_replaced() {
     assert_eq!(
         bpf_query::attached_count(env.net.cgroup_parent()).expect("query"),
         6
+    );
+}
+
+/// A signal for the thread in `BPF_PROG_LOAD` makes the verifier give up with EAGAIN (one failed
+/// an install in CI). The install keeps its signals blocked while the verifier runs, so a storm
+/// of them aimed at the installing thread changes nothing.
+#[test]
+fn signals_to_the_installing_thread_do_not_interrupt_the_verifier() {
+    if skip() {
+        return;
+    }
+    let mut env = Env::without_datapath("signals");
+    let storm = SignalStorm::at_this_thread(Duration::from_micros(200)).expect("signal storm");
+    let started = Instant::now();
+    let origin = env.adopt().origin();
+    let elapsed = started.elapsed();
+    let report = storm.stop().expect("signal storm");
+    eprintln!("install took {elapsed:?} under {report:?}");
+    assert_eq!(origin, Origin::Installed);
+    // The storm covered the install: signals were sent all along, and those that arrived
+    // between loads (signals unblocked) were handled.
+    assert!(report.sent >= 20, "{report:?} in {elapsed:?}");
+    assert!(report.handled >= 1, "{report:?}");
+    assert_eq!(
+        bpf_query::attached_count(env.net.cgroup_parent()).expect("query"),
+        6
+    );
+    let _server = env.server.serve(&[80], Proto::Tcp).expect("server");
+    assert_eq!(
+        env.net.probe(&env.client, env.server_v4(), 80, Proto::Tcp),
+        ProbeResult::Connected
     );
 }
 
