@@ -164,128 +164,237 @@ impl PolicyMaps {
         Ok(out)
     }
 
-    /// Diffs `desired` against the kernel and writes the difference: upserts of policy,
-    /// defaults and addresses, then workloads, then the revision, then deletions.
-    ///
-    /// When there is something to delete, the revision written between upserts and deletions
-    /// is a transient one ([`TRANSIENT_REVISION_BIT`] set), and the final revision is written
-    /// last: a connection re-decided while a stale (possibly more permissive) entry still
-    /// existed carries the transient revision and is decided once more against the final state.
+    /// Diffs `desired` against the kernel and writes the difference, in the order of [`plan`].
+    /// Nothing is written when an entry of `desired` is invalid or a map could not hold the
+    /// old and the new entries together (the peak during the update).
     pub(super) fn apply(&mut self, desired: &DesiredMaps) -> Result<ApplyStats, DatapathError> {
         check_ancestor_levels(desired.ancestor_levels)?;
         let current = self.read()?;
-        let mut stats = ApplyStats {
-            previous_revision: current.revision,
-            revision: desired.revision,
-            ..ApplyStats::default()
-        };
+        self.check_capacity(&current, desired)?;
+        let (steps, stats) = plan(&current, desired);
         let write_err = |name| move |e| DatapathError::map(name, "writing", e);
         let delete_err = |name| move |e| DatapathError::map(name, "deleting", e);
-
-        for (&(k, len), v) in &desired.policy {
-            if upsert(&current.policy, &(k, len), v, &mut stats.policy) {
-                self.policy
-                    .insert(&Key::new(len, k), *v, 0)
-                    .map_err(write_err(pins::MAP_POLICY))?;
-            }
-        }
-        for (k, v) in &desired.defaults {
-            if upsert(&current.defaults, k, v, &mut stats.defaults) {
-                self.defaults
+        for step in steps {
+            match step {
+                Step::Policy((k, len), Some(v)) => self
+                    .policy
+                    .insert(&Key::new(len, k), v, 0)
+                    .map_err(write_err(pins::MAP_POLICY))?,
+                Step::Policy((k, len), None) => self
+                    .policy
+                    .remove(&Key::new(len, k))
+                    .map_err(delete_err(pins::MAP_POLICY))?,
+                Step::Default(k, Some(v)) => self
+                    .defaults
                     .insert(k, v, 0)
-                    .map_err(write_err(pins::MAP_DEFAULTS))?;
-            }
-        }
-        for (&(a, len), v) in &desired.addresses {
-            if upsert(&current.addresses, &(a, len), v, &mut stats.addresses) {
-                self.addresses
-                    .insert(&Key::new(len, a), *v, 0)
-                    .map_err(write_err(pins::MAP_ADDRESSES))?;
-            }
-        }
-        for (k, v) in &desired.workloads {
-            if upsert(&current.workloads, k, v, &mut stats.workloads) {
-                self.workloads
+                    .map_err(write_err(pins::MAP_DEFAULTS))?,
+                Step::Default(k, None) => self
+                    .defaults
+                    .remove(&k)
+                    .map_err(delete_err(pins::MAP_DEFAULTS))?,
+                Step::Address((a, len), Some(v)) => self
+                    .addresses
+                    .insert(&Key::new(len, a), v, 0)
+                    .map_err(write_err(pins::MAP_ADDRESSES))?,
+                Step::Address((a, len), None) => self
+                    .addresses
+                    .remove(&Key::new(len, a))
+                    .map_err(delete_err(pins::MAP_ADDRESSES))?,
+                Step::Workload(k, Some(v)) => self
+                    .workloads
                     .insert(k, v, 0)
-                    .map_err(write_err(pins::MAP_WORKLOADS))?;
+                    .map_err(write_err(pins::MAP_WORKLOADS))?,
+                Step::Workload(k, None) => self
+                    .workloads
+                    .remove(&k)
+                    .map_err(delete_err(pins::MAP_WORKLOADS))?,
+                Step::Config(config) => self
+                    .config
+                    .set(0, config, 0)
+                    .map_err(write_err(pins::MAP_CONFIG))?,
             }
-        }
-        let stale = count_stale(&current.workloads, &desired.workloads)
-            + count_stale(&current.policy, &desired.policy)
-            + count_stale(&current.defaults, &desired.defaults)
-            + count_stale(&current.addresses, &desired.addresses);
-        let (ancestor_from, ancestor_to) = desired.ancestor_levels.unwrap_or((0, 0));
-        let final_config = Config {
-            revision: desired.revision & !TRANSIENT_REVISION_BIT,
-            unmanaged_identity: desired.unmanaged_identity,
-            ancestor_from,
-            ancestor_to,
-        };
-        let interim = if stale > 0 {
-            Config {
-                revision: final_config.revision | TRANSIENT_REVISION_BIT,
-                ..final_config
-            }
-        } else {
-            final_config
-        };
-        self.config
-            .set(0, interim, 0)
-            .map_err(write_err(pins::MAP_CONFIG))?;
-
-        for k in current
-            .workloads
-            .keys()
-            .filter(|k| !desired.workloads.contains_key(k))
-        {
-            self.workloads
-                .remove(k)
-                .map_err(delete_err(pins::MAP_WORKLOADS))?;
-            stats.workloads.deleted += 1;
-        }
-        for &(k, len) in current
-            .policy
-            .keys()
-            .filter(|k| !desired.policy.contains_key(k))
-        {
-            self.policy
-                .remove(&Key::new(len, k))
-                .map_err(delete_err(pins::MAP_POLICY))?;
-            stats.policy.deleted += 1;
-        }
-        for k in current
-            .defaults
-            .keys()
-            .filter(|k| !desired.defaults.contains_key(k))
-        {
-            self.defaults
-                .remove(k)
-                .map_err(delete_err(pins::MAP_DEFAULTS))?;
-            stats.defaults.deleted += 1;
-        }
-        for &(a, len) in current
-            .addresses
-            .keys()
-            .filter(|k| !desired.addresses.contains_key(k))
-        {
-            self.addresses
-                .remove(&Key::new(len, a))
-                .map_err(delete_err(pins::MAP_ADDRESSES))?;
-            stats.addresses.deleted += 1;
-        }
-        if stale > 0 {
-            self.config
-                .set(0, final_config, 0)
-                .map_err(write_err(pins::MAP_CONFIG))?;
         }
         tracing::debug!(?stats, "maps applied");
         Ok(stats)
     }
+
+    /// Refuses an update that a map could not hold: during it, a map holds its old entries and
+    /// the new ones (upserts come before deletions), so the peak is old + inserted.
+    fn check_capacity(
+        &self,
+        current: &DesiredMaps,
+        desired: &DesiredMaps,
+    ) -> Result<(), DatapathError> {
+        let maps = [
+            (
+                pins::MAP_WORKLOADS,
+                self.workloads.map(),
+                Peak::of(&current.workloads, &desired.workloads),
+            ),
+            (
+                pins::MAP_ADDRESSES,
+                self.addresses.map(),
+                Peak::of(&current.addresses, &desired.addresses),
+            ),
+            (
+                pins::MAP_POLICY,
+                self.policy.map(),
+                Peak::of(&current.policy, &desired.policy),
+            ),
+            (
+                pins::MAP_DEFAULTS,
+                self.defaults.map(),
+                Peak::of(&current.defaults, &desired.defaults),
+            ),
+        ];
+        for (name, data, peak) in maps {
+            let max_entries = data
+                .info()
+                .map_err(|e| DatapathError::map(name, "reading its info", e))?
+                .max_entries();
+            peak.check(name, max_entries)?;
+        }
+        Ok(())
+    }
 }
 
-/// Entries of `current` that `desired` no longer has.
-fn count_stale<K: Ord, V>(current: &BTreeMap<K, V>, desired: &BTreeMap<K, V>) -> usize {
-    current.keys().filter(|k| !desired.contains_key(k)).count()
+/// One write of an update: `Some` upserts the entry, `None` deletes it.
+#[derive(Clone, Debug, PartialEq)]
+enum Step {
+    Policy((PolicyKey, u32), Option<PolicyValue>),
+    Default(DefaultKey, Option<PolicyValue>),
+    Address((AddrKey, u32), Option<u32>),
+    Workload(u64, Option<WorkloadValue>),
+    Config(Config),
+}
+
+/// The writes that take the kernel from `current` to `desired`, in order, and what they change.
+///
+/// The order keeps every lookup answering as the old state or as the new one, never a mix of
+/// the two. The kernel takes the first hit of: the peer's `POLICY` entry (longest prefix), the
+/// `ANY` entry (longest prefix), `DEFAULTS`. So upserts go from the highest priority down (a new
+/// answer appears only once nothing of higher priority can still give an old one that the new
+/// state lacks), and deletions from the lowest up (removing an old answer never uncovers another
+/// old entry below it: a stale isolation default, say, under a stale allow).
+///
+/// Upserts of policy, defaults and addresses, then workloads, then the revision, then deletions.
+/// When there is something to delete, the revision written between upserts and deletions is a
+/// transient one ([`TRANSIENT_REVISION_BIT`] set), and the final revision is written last: a
+/// connection re-decided while a stale (possibly more permissive) entry still existed carries the
+/// transient revision and is decided once more against the final state.
+fn plan(current: &DesiredMaps, desired: &DesiredMaps) -> (Vec<Step>, ApplyStats) {
+    let mut stats = ApplyStats {
+        previous_revision: current.revision,
+        revision: desired.revision,
+        ..ApplyStats::default()
+    };
+    let mut steps = Vec::new();
+
+    let mut policy: Vec<_> = desired.policy.iter().collect();
+    policy.sort_by_key(|(k, _)| policy_priority(k));
+    for (k, v) in policy {
+        if upsert(&current.policy, k, v, &mut stats.policy) {
+            steps.push(Step::Policy(*k, Some(*v)));
+        }
+    }
+    for (k, v) in &desired.defaults {
+        if upsert(&current.defaults, k, v, &mut stats.defaults) {
+            steps.push(Step::Default(*k, Some(*v)));
+        }
+    }
+    for (k, v) in &desired.addresses {
+        if upsert(&current.addresses, k, v, &mut stats.addresses) {
+            steps.push(Step::Address(*k, Some(*v)));
+        }
+    }
+    for (k, v) in &desired.workloads {
+        if upsert(&current.workloads, k, v, &mut stats.workloads) {
+            steps.push(Step::Workload(*k, Some(*v)));
+        }
+    }
+
+    let (ancestor_from, ancestor_to) = desired.ancestor_levels.unwrap_or((0, 0));
+    let final_config = Config {
+        revision: desired.revision & !TRANSIENT_REVISION_BIT,
+        unmanaged_identity: desired.unmanaged_identity,
+        ancestor_from,
+        ancestor_to,
+    };
+    let stale_workloads = stale(&current.workloads, &desired.workloads);
+    let stale_defaults = stale(&current.defaults, &desired.defaults);
+    let mut stale_policy = stale(&current.policy, &desired.policy);
+    stale_policy.sort_by_key(|k| std::cmp::Reverse(policy_priority(k)));
+    let stale_addresses = stale(&current.addresses, &desired.addresses);
+    let deletions =
+        stale_workloads.len() + stale_defaults.len() + stale_policy.len() + stale_addresses.len();
+    if deletions == 0 {
+        steps.push(Step::Config(final_config));
+        return (steps, stats);
+    }
+    steps.push(Step::Config(Config {
+        revision: final_config.revision | TRANSIENT_REVISION_BIT,
+        ..final_config
+    }));
+    stats.workloads.deleted = stale_workloads.len();
+    stats.defaults.deleted = stale_defaults.len();
+    stats.policy.deleted = stale_policy.len();
+    stats.addresses.deleted = stale_addresses.len();
+    steps.extend(stale_workloads.into_iter().map(|k| Step::Workload(k, None)));
+    steps.extend(stale_defaults.into_iter().map(|k| Step::Default(k, None)));
+    steps.extend(stale_policy.into_iter().map(|k| Step::Policy(k, None)));
+    steps.extend(stale_addresses.into_iter().map(|k| Step::Address(k, None)));
+    steps.push(Step::Config(final_config));
+    (steps, stats)
+}
+
+/// A `POLICY` entry's rank in the kernel's lookup order, first looked up first: the peer's own
+/// entries before the `ANY` ones, and within each, longer prefixes (narrower port blocks) first.
+fn policy_priority(&(key, len): &(PolicyKey, u32)) -> (bool, std::cmp::Reverse<u32>) {
+    (key.peer_identity == identity::ANY, std::cmp::Reverse(len))
+}
+
+/// A map's entries before, after and at the peak of an update (upserts come before deletions,
+/// so the peak holds every old entry and every new one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Peak {
+    before: usize,
+    after: usize,
+    peak: usize,
+}
+
+impl Peak {
+    fn of<K: Ord, V>(current: &BTreeMap<K, V>, desired: &BTreeMap<K, V>) -> Self {
+        let inserted = desired.keys().filter(|k| !current.contains_key(k)).count();
+        Self {
+            before: current.len(),
+            after: desired.len(),
+            peak: current.len() + inserted,
+        }
+    }
+
+    /// Fails when a map of `max_entries` cannot hold the peak.
+    fn check(self, name: &'static str, max_entries: u32) -> Result<(), DatapathError> {
+        if self.peak > max_entries as usize {
+            return Err(DatapathError::Desired {
+                field: name,
+                problem: format!(
+                    "the update needs {} entries at its peak ({} now, {} after) and the map \
+                     holds at most {max_entries}; nothing was written",
+                    self.peak, self.before, self.after
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Keys of `current` that `desired` no longer has, in key order.
+fn stale<K: Ord + Copy, V>(current: &BTreeMap<K, V>, desired: &BTreeMap<K, V>) -> Vec<K> {
+    current
+        .keys()
+        .filter(|k| !desired.contains_key(k))
+        .copied()
+        .collect()
 }
 
 /// Counts the entry; `true` when it must be written.
@@ -356,3 +465,6 @@ fn check_ancestor_levels(levels: Option<(u16, u16)>) -> Result<(), DatapathError
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
