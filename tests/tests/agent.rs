@@ -34,7 +34,8 @@ ports: [{protocol: TCP, port: 81}]\n";
 /// `policy`. Field order is drop order: the agent (and its pins) go before the network.
 struct Fixture {
     agent: AgentRun,
-    _servers: Vec<Server>,
+    /// a's TCP and UDP servers, then b's.
+    servers: Vec<Server>,
     a: Workload,
     b: Workload,
     net: TestNet,
@@ -86,7 +87,7 @@ impl Fixture {
         agent.start().expect("start the agent");
         let fixture = Self {
             agent,
-            _servers: servers,
+            servers,
             a,
             b,
             net,
@@ -240,6 +241,54 @@ fn policy_changes_apply_within_a_second() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(f.probe(&f.a, &f.b, 80, Proto::Tcp), ProbeResult::Connected);
     assert_eq!(f.probe(&f.a, &f.b, 82, Proto::Tcp), ProbeResult::Refused);
+}
+
+/// A restarted systemd service or container gets a new cgroup at the same path, so a new cgroup
+/// id: the agent notices within a second and enforces the new cgroup as the workload.
+#[test]
+fn a_workload_cgroup_made_anew_is_enforced_again() {
+    if skip() {
+        return;
+    }
+    let mut f = Fixture::new("recreate", ALLOW_80);
+    // Stop b's servers (its cgroup is then empty), remove its cgroup and make it again.
+    f.servers.truncate(2);
+    let old_id = f.b.cgroup_id;
+    let removed = f.agent.wait_until(Duration::from_secs(5), || {
+        std::fs::remove_dir(&f.b.cgroup_path).is_ok()
+    });
+    assert!(removed, "b's cgroup stayed busy");
+    std::fs::create_dir(&f.b.cgroup_path).expect("make b's cgroup again");
+    let new_id = std::os::unix::fs::MetadataExt::ino(
+        &std::fs::metadata(&f.b.cgroup_path).expect("b's new cgroup"),
+    );
+    assert_ne!(new_id, old_id);
+    f.servers
+        .push(f.b.serve(&[80, 81], Proto::Tcp).expect("tcp server"));
+
+    let skip = f.agent.log_records().len();
+    let enforced = f.agent.wait_until(Duration::from_secs(3), || {
+        f.probe_short(&f.a, &f.b, 81, Proto::Tcp) == ProbeResult::Timeout
+    });
+    assert!(
+        enforced,
+        "b's new cgroup is not enforced; stderr:\n{}",
+        f.agent.stderr()
+    );
+    assert_eq!(f.probe(&f.a, &f.b, 80, Proto::Tcp), ProbeResult::Connected);
+    // The log names b for its new cgroup.
+    let records = f.records_after(skip, 1);
+    let denied = find(&records, "ingress", "TCP", 81);
+    assert!(!denied.is_empty(), "{records:#?}");
+    for r in denied {
+        assert_eq!(r["dst"]["workload"], "x/b", "{r:#}");
+        assert_eq!(r["verdict"], "deny", "{r:#}");
+    }
+    assert!(
+        f.agent.stderr().contains("workload cgroup changed"),
+        "{}",
+        f.agent.stderr()
+    );
 }
 
 #[test]

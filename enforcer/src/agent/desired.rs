@@ -14,8 +14,30 @@ pub struct Translation {
     pub maps: DesiredMaps,
     /// Cgroup id -> workload, for attributing events.
     pub by_cgroup: BTreeMap<u64, WorkloadRef>,
-    /// Workloads with a `cgroup` that could not be found: re-checked every second.
+    /// Workloads with a `cgroup` that could not be found.
     pub missing: Vec<(WorkloadRef, PathBuf)>,
+    /// Every workload cgroup directory and the id it had (`None`: missing): the agent checks
+    /// them every second and applies again when one appears, disappears or is made anew.
+    pub cgroups: CgroupIds,
+}
+
+/// Workload cgroup directories and the ids they resolved to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CgroupIds(BTreeMap<PathBuf, Option<u64>>);
+
+impl CgroupIds {
+    /// The directories whose id is not the recorded one any more, with the recorded id and the
+    /// current one: a cgroup created, removed, or removed and made again (a restarted systemd
+    /// service or container gets a new directory, so a new id, at the same path).
+    pub fn changed(&self) -> Vec<(&Path, Option<u64>, Option<u64>)> {
+        self.0
+            .iter()
+            .filter_map(|(dir, &recorded)| {
+                let now = cgroup_id(dir).ok();
+                (now != recorded).then_some((dir.as_path(), recorded, now))
+            })
+            .collect()
+    }
 }
 
 /// Where an inventory `cgroup` lives: a path as `/proc/<pid>/cgroup` shows it (relative to the
@@ -43,13 +65,16 @@ pub fn translate(
     };
     let mut by_cgroup = BTreeMap::new();
     let mut missing = Vec::new();
+    let mut cgroups = BTreeMap::new();
     for (workload, compiled) in &state.workloads {
         let Some(cgroup) = &compiled.cgroup else {
             continue;
         };
         let dir = cgroup_dir(cgroup_root, cgroup);
-        match cgroup_id(&dir) {
-            Ok(id) => {
+        let id = cgroup_id(&dir).ok();
+        cgroups.insert(dir.clone(), id);
+        match id {
+            Some(id) => {
                 maps.workloads.insert(
                     id,
                     WorkloadValue {
@@ -59,7 +84,7 @@ pub fn translate(
                 );
                 by_cgroup.insert(id, workload.clone());
             }
-            Err(_) => missing.push((workload.clone(), dir)),
+            None => missing.push((workload.clone(), dir)),
         }
     }
     maps.addresses = state
@@ -81,6 +106,7 @@ pub fn translate(
         maps,
         by_cgroup,
         missing,
+        cgroups: CgroupIds(cgroups),
     }
 }
 

@@ -62,7 +62,8 @@ struct Agent {
     /// The last inputs that compiled (what the kernel enforces).
     good: Option<(PolicySet, Inventory)>,
     next_change: Option<jiff::Timestamp>,
-    missing_cgroups: usize,
+    /// The workload cgroups of the last apply, checked every second.
+    cgroups: desired::CgroupIds,
 }
 
 /// Installs or adopts the datapath pinned under `bpffs` (attached to `attach_to`), opens the
@@ -112,7 +113,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
         metrics,
         good: None,
         next_change: None,
-        missing_cgroups: 0,
+        cgroups: desired::CgroupIds::default(),
     };
     agent.enforce(policies, inventory)?;
     // An upgrade swaps the new, now filled, generation in; the previous one's last events go to
@@ -161,14 +162,14 @@ impl Agent {
         let translation = desired::translate(compiled, revision, &self.cgroup_root, &self.clock);
         for (workload, dir) in &translation.missing {
             tracing::warn!(workload = %format!("{}/{}", workload.namespace, workload.name),
-                cgroup = %dir.display(), "workload cgroup not found; will retry every second");
+                cgroup = %dir.display(), "workload cgroup not found; enforced once it appears");
         }
-        self.missing_cgroups = translation.missing.len();
         let stats = self.datapath.apply(&translation.maps).inspect_err(|_| {
             self.metrics.apply_errors.inc();
         })?;
         tracing::info!(revision, ?stats.policy, ?stats.workloads, "kernel maps updated");
         self.attribution.update(compiled, translation.by_cgroup);
+        self.cgroups = translation.cgroups;
         self.metrics.policy_revision.set(revision as i64);
         verdicts::record_map_fill(&self.metrics, &self.datapath);
         if let Err(error) = self.state_dir.save_table(self.compiler.table()) {
@@ -205,6 +206,20 @@ impl Agent {
         }
     }
 
+    /// Applies again when a workload cgroup appeared, disappeared or was made anew since the
+    /// last apply (a restarted service's new cgroup has a new id: until it is in `WORKLOADS`,
+    /// its processes are unmanaged). Nothing is written while nothing changed.
+    fn check_cgroups(&mut self) {
+        let changed = self.cgroups.changed();
+        if changed.is_empty() {
+            return;
+        }
+        for (dir, was, now) in changed {
+            tracing::info!(cgroup = %dir.display(), ?was, ?now, "workload cgroup changed");
+        }
+        self.recompile();
+    }
+
     async fn serve(mut self) -> Result<()> {
         let mut watcher =
             watch::InputWatcher::new(&[&self.config.policies, &self.config.inventory])
@@ -239,7 +254,7 @@ impl Agent {
                     tracing::info!("a rule's validity window opened or closed; recompiling");
                     self.recompile();
                 }
-                _ = cgroup_tick.tick(), if self.missing_cgroups > 0 => self.recompile(),
+                _ = cgroup_tick.tick() => self.check_cgroups(),
                 _ = sigterm.recv() => break,
                 _ = sigint.recv() => break,
             }
