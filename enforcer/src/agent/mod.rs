@@ -89,6 +89,10 @@ pub fn open_node(
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(config: AgentConfig) -> Result<()> {
+    // Watch before reading: a change made while the agent starts (install, compile, apply) is
+    // queued and reloaded once it serves, never lost.
+    let watcher = watch::InputWatcher::new(&[&config.policies, &config.inventory])
+        .context("watching the policy and inventory files")?;
     // Validate before touching the kernel: a bad start changes nothing.
     let (policies, inventory) = load_inputs(&config.policies, &config.inventory)?;
     let cgroup_root = datapath::find_cgroup2_mount().context("finding the cgroup v2 mount")?;
@@ -127,7 +131,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
             &agent.state_dir,
         )?;
     }
-    agent.serve().await
+    agent.serve(watcher).await
 }
 
 impl Agent {
@@ -220,10 +224,7 @@ impl Agent {
         self.recompile();
     }
 
-    async fn serve(mut self) -> Result<()> {
-        let mut watcher =
-            watch::InputWatcher::new(&[&self.config.policies, &self.config.inventory])
-                .context("watching the policy and inventory files")?;
+    async fn serve(mut self, mut watcher: watch::InputWatcher) -> Result<()> {
         let mut events = self.datapath.event_reader()?;
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;

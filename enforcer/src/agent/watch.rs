@@ -99,4 +99,24 @@ mod tests {
             .expect("a rename over the watched file triggers a reload");
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// The agent creates its watcher before it reads the inputs: a change made while it starts
+    /// must still be reported when it first waits.
+    #[tokio::test]
+    async fn a_change_before_the_first_wait_is_reported_then() {
+        let dir = std::env::temp_dir().join(format!("bulkhead-watch-early-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let watched = dir.join("policy.yaml");
+        std::fs::write(&watched, "a").unwrap();
+        let mut watcher = InputWatcher::new(&[&dir]).unwrap();
+
+        std::fs::write(&watched, "b").unwrap();
+        // Starting up (install, compile, apply) takes a while before anyone waits.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::timeout(Duration::from_secs(1), watcher.notified())
+            .await
+            .expect("the change made before the wait is reported");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
