@@ -14,7 +14,7 @@ use enforcer_common::{
     VerdictEvent,
 };
 
-use crate::datapath::BootClock;
+use crate::datapath::{BootClock, TRANSIENT_REVISION_BIT};
 use crate::verdict_log::{LogEndpoint, LogPolicy, VerdictRecord};
 
 /// What the log needs to name workloads and rules.
@@ -145,20 +145,26 @@ impl Attribution {
                 REASON_NOT_ISOLATED => "not-isolated",
                 _ => "unknown",
             },
-            revision: event.revision,
+            // A decision made while an apply deleted stale entries carries the transient
+            // revision; it belongs to the revision being applied.
+            revision: event.revision & !TRANSIENT_REVISION_BIT,
             cgroup_id: event.cgroup_id,
             socket_cookie: event.socket_cookie,
         }
     }
 }
 
-/// An event address (IPv6 or IPv4-mapped) as an `IpAddr`.
+/// An event address (IPv6 or IPv4-mapped) as an `IpAddr`. An IPv4-mapped address is IPv4 in
+/// either family: an IPv6 socket's connection to `::ffff:a.b.c.d` (a dual-stack client) is an
+/// IPv4 connection, and the inventory and the kernel's `ADDRESSES` know the peer by that address.
 pub fn address(bytes: [u8; 16], family: u8) -> IpAddr {
     let v6 = Ipv6Addr::from(bytes);
-    match (family, v6.to_ipv4_mapped()) {
-        (FAMILY_INET, Some(v4)) => IpAddr::V4(v4),
-        (FAMILY_INET, None) if v6.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-        _ => IpAddr::V6(v6),
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None if family == FAMILY_INET && v6.is_unspecified() => {
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+        }
+        None => IpAddr::V6(v6),
     }
 }
 
@@ -174,7 +180,7 @@ pub fn wall_time(boot_ns: u64, clock: &BootClock) -> String {
 mod tests {
     use super::*;
     use bulkhead_policy::{CompiledWorkload, Direction, Kind};
-    use enforcer_common::{DIR_INGRESS, FAMILY_INET};
+    use enforcer_common::{DIR_INGRESS, FAMILY_INET, FAMILY_INET6};
 
     fn mapped(ip: [u8; 4]) -> [u8; 16] {
         std::net::Ipv4Addr::from(ip).to_ipv6_mapped().octets()
@@ -284,5 +290,37 @@ mod tests {
         assert_eq!(record.policy, None);
         assert_eq!(record.hook, "connect");
         assert_eq!(record.reason, "default-deny");
+    }
+
+    #[test]
+    fn an_ipv6_sockets_connection_to_an_ipv4_mapped_peer_is_logged_as_ipv4() {
+        let state = state();
+        let mut attribution = Attribution::default();
+        attribution.update(&state, BTreeMap::from([(76, WorkloadRef::new("x", "a"))]));
+        let event = VerdictEvent {
+            timestamp_ns: 1,
+            cgroup_id: 76,
+            socket_cookie: 1,
+            revision: 3 | TRANSIENT_REVISION_BIT,
+            src_addr: [0; 16],
+            dst_addr: mapped([10, 200, 1, 2]),
+            src_port: 0,
+            dst_port: 81,
+            local_identity: 256,
+            remote_identity: 257,
+            rule_id: 0,
+            direction: DIR_EGRESS,
+            hook: HOOK_CONNECT,
+            protocol: PROTO_TCP,
+            verdict: VERDICT_DENY,
+            reason: REASON_DEFAULT_DENY,
+            family: FAMILY_INET6,
+            _pad: [0; 10],
+        };
+        let record = attribution.record(&event, &BootClock { offset_ns: 0 });
+        assert_eq!(record.dst.ip.to_string(), "10.200.1.2");
+        assert_eq!(record.dst.workload.as_deref(), Some("x/b"));
+        assert_eq!(record.src.ip.to_string(), "10.200.1.1");
+        assert_eq!(record.revision, 3);
     }
 }
