@@ -139,7 +139,17 @@ pub struct Config {
     /// only the cgroup itself is looked up. At most [`MAX_ANCESTOR_LEVELS`] levels.
     pub ancestor_from: u16,
     pub ancestor_to: u16,
+    /// Boot-time ns at which the next validity window of the maps' entries opens or closes (the
+    /// compile's next change); `u64::MAX`: none. From that instant the programs see the revision
+    /// with [`REVISION_PAST_CHANGE_BIT`] set, so every decision cached per socket or flow is made
+    /// again once, against the entries' windows at that time: a grant expires on established
+    /// connections too, and a deny that starts applies to them, with no agent running.
+    pub valid_until: u64,
 }
+
+/// Set in the revision the programs work with once `Config::valid_until` has passed (never in a
+/// revision written to `CONFIG`).
+pub const REVISION_PAST_CHANGE_BIT: u64 = 1 << 62;
 
 /// How many ancestor levels `Config::ancestor_from..=ancestor_to` may span.
 pub const MAX_ANCESTOR_LEVELS: u16 = 4;
@@ -234,7 +244,7 @@ const _: () = {
     assert!(core::mem::size_of::<PolicyValue>() == 24);
     assert!(core::mem::size_of::<DefaultKey>() == 8);
     assert!(core::mem::size_of::<WorkloadValue>() == 8);
-    assert!(core::mem::size_of::<Config>() == 16);
+    assert!(core::mem::size_of::<Config>() == 24);
     assert!(core::mem::size_of::<SockDecision>() == 24);
     assert!(core::mem::size_of::<VerdictEvent>() == 96);
     assert!(core::mem::size_of::<FlowKey>() == 32);

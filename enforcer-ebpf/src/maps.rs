@@ -11,13 +11,13 @@ use aya_ebpf::{
     bindings::{
         BPF_F_CLONE, BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE, bpf_map_type, bpf_sock,
     },
-    helpers::generated::bpf_sk_storage_get,
+    helpers::generated::{bpf_ktime_get_boot_ns, bpf_sk_storage_get},
     macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use enforcer_common::{
     AddrKey, Config, DefaultKey, FlowKey, FlowValue, MAX_ANCESTOR_LEVELS, ObjectMeta, PolicyKey,
-    PolicyValue, SockDecision, WorkloadValue, identity,
+    PolicyValue, REVISION_PAST_CHANGE_BIT, SockDecision, WorkloadValue, identity,
 };
 
 #[map]
@@ -112,7 +112,7 @@ pub struct Settings {
 pub fn config() -> (u64, Settings) {
     match CONFIG.get(0) {
         Some(c) => (
-            c.revision,
+            effective_revision(c.revision, c.valid_until),
             Settings {
                 unmanaged_identity: c.unmanaged_identity,
                 ancestor_from: c.ancestor_from,
@@ -127,6 +127,19 @@ pub fn config() -> (u64, Settings) {
                 ancestor_to: 0,
             },
         ),
+    }
+}
+
+/// The revision as the caches compare it: past `valid_until` (a window boundary), a different
+/// one, so that decisions cached before the boundary are made again. Reads the clock only when
+/// some entry has a window.
+#[inline(always)]
+fn effective_revision(revision: u64, valid_until: u64) -> u64 {
+    // SAFETY: a helper without arguments or side effects.
+    if valid_until != u64::MAX && unsafe { bpf_ktime_get_boot_ns() } >= valid_until {
+        revision | REVISION_PAST_CHANGE_BIT
+    } else {
+        revision
     }
 }
 

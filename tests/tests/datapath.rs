@@ -327,6 +327,64 @@ fn time_windows_are_enforced_by_the_kernel_clock() {
     );
 }
 
+/// At a window boundary (`valid_until`, the compile's next change) the kernel makes every cached
+/// decision again, with nothing written: a grant that expires stops established connections, and
+/// a deny that starts stops them too.
+#[test]
+fn a_window_boundary_re_decides_established_connections_without_an_apply() {
+    if skip() {
+        return;
+    }
+    let mut env = Env::new("window-established");
+    let _tcp = env.server.serve(&[80, 81], Proto::Tcp).expect("server");
+    let boundary = BootClock::now_boot_ns() + 1_500_000_000;
+    let mut m = env.base(1);
+    let mut expiring = allow(40);
+    expiring.expires_at = boundary;
+    m.policy.insert(
+        key(SERVER, CLIENT, DIR_INGRESS, PROTO_TCP, 80, 16),
+        expiring,
+    );
+    // Port 81: allowed from anyone, and a deny of the client that starts at the boundary.
+    m.policy.insert(
+        key(SERVER, identity::ANY, DIR_INGRESS, PROTO_TCP, 81, 16),
+        allow(41),
+    );
+    let mut starting = deny(42);
+    starting.not_before = boundary;
+    m.policy.insert(
+        key(SERVER, CLIENT, DIR_INGRESS, PROTO_TCP, 81, 16),
+        starting,
+    );
+    isolate(&mut m, SERVER, DIR_INGRESS, 96);
+    m.valid_until = boundary;
+    env.dp().apply(&m).expect("apply");
+    let mut sessions = [80, 81].map(|port| {
+        let (session, first) = env
+            .client
+            .open_session(env.server_v4(), port, Duration::from_secs(1))
+            .expect("session");
+        assert_eq!(first, ProbeResult::Connected, "port {port}");
+        session
+    });
+    for session in &mut sessions {
+        assert_eq!(
+            session.exchange().expect("exchange"),
+            ProbeResult::Connected
+        );
+    }
+    let left = Duration::from_nanos(boundary.saturating_sub(BootClock::now_boot_ns()));
+    thread::sleep(left + Duration::from_millis(100));
+    // Nothing was written since: the kernel alone re-decided both established connections.
+    for (session, port) in sessions.iter_mut().zip([80, 81]) {
+        assert_eq!(
+            session.exchange().expect("exchange"),
+            ProbeResult::Timeout,
+            "port {port}"
+        );
+    }
+}
+
 #[test]
 fn unmanaged_processes_follow_config() {
     if skip() {

@@ -10,8 +10,8 @@ use bulkhead_policy::{CompiledState, RuleRef, WorkloadRef};
 use enforcer_common::{
     DIR_EGRESS, FAMILY_INET, HOOK_CONNECT, HOOK_SENDMSG, HOOK_SKB_EGRESS, HOOK_SKB_INGRESS,
     PROTO_SCTP, PROTO_TCP, PROTO_UDP, REASON_ALLOWED_BY_RULE, REASON_DEFAULT_DENY,
-    REASON_DENIED_BY_RULE, REASON_NOT_ISOLATED, VERDICT_ALLOW, VERDICT_AUDIT, VERDICT_DENY,
-    VerdictEvent,
+    REASON_DENIED_BY_RULE, REASON_NOT_ISOLATED, REVISION_PAST_CHANGE_BIT, VERDICT_ALLOW,
+    VERDICT_AUDIT, VERDICT_DENY, VerdictEvent,
 };
 
 use crate::datapath::{BootClock, TRANSIENT_REVISION_BIT};
@@ -146,8 +146,9 @@ impl Attribution {
                 _ => "unknown",
             },
             // A decision made while an apply deleted stale entries carries the transient
-            // revision; it belongs to the revision being applied.
-            revision: event.revision & !TRANSIENT_REVISION_BIT,
+            // revision, one made past a window boundary the past-change bit: both belong to the
+            // revision the maps hold.
+            revision: event.revision & !(TRANSIENT_REVISION_BIT | REVISION_PAST_CHANGE_BIT),
             cgroup_id: event.cgroup_id,
             socket_cookie: event.socket_cookie,
         }
@@ -301,7 +302,7 @@ mod tests {
             timestamp_ns: 1,
             cgroup_id: 76,
             socket_cookie: 1,
-            revision: 3 | TRANSIENT_REVISION_BIT,
+            revision: 3 | TRANSIENT_REVISION_BIT | REVISION_PAST_CHANGE_BIT,
             src_addr: [0; 16],
             dst_addr: mapped([10, 200, 1, 2]),
             src_port: 0,

@@ -65,6 +65,7 @@ fn install_inner(
         unmanaged_identity: identity::UNMANAGED,
         ancestor_from: 0,
         ancestor_to: 0,
+        valid_until: u64::MAX,
     };
     set_first(&mut ebpf, pins::MAP_CONFIG, initial)?;
     set_first(&mut ebpf, pins::MAP_META, object::meta())?;

@@ -29,6 +29,9 @@ pub struct DesiredMaps {
     /// cgroups, so that a pod's cgroup covers its containers before they exist). At most
     /// `MAX_ANCESTOR_LEVELS` levels, from level 1. `None`: each cgroup stands alone.
     pub ancestor_levels: Option<(u16, u16)>,
+    /// Boot-time ns of the next window boundary of any entry (`u64::MAX`: none): from then on
+    /// the programs make every cached decision again once (`Config::valid_until`).
+    pub valid_until: u64,
     /// Cgroup id -> workload.
     pub workloads: BTreeMap<u64, WorkloadValue>,
     /// (address, prefix length in bits over the 128-bit key) -> peer identity. IPv4 prefixes
@@ -45,6 +48,7 @@ impl Default for DesiredMaps {
             revision: 0,
             unmanaged_identity: identity::UNMANAGED,
             ancestor_levels: None,
+            valid_until: u64::MAX,
             workloads: BTreeMap::new(),
             addresses: BTreeMap::new(),
             policy: BTreeMap::new(),
@@ -143,6 +147,7 @@ impl PolicyMaps {
             unmanaged_identity: config.unmanaged_identity,
             ancestor_levels: (config.ancestor_to != 0)
                 .then_some((config.ancestor_from, config.ancestor_to)),
+            valid_until: config.valid_until,
             ..DesiredMaps::default()
         };
         for entry in self.workloads.iter() {
@@ -319,6 +324,7 @@ fn plan(current: &DesiredMaps, desired: &DesiredMaps) -> (Vec<Step>, ApplyStats)
         unmanaged_identity: desired.unmanaged_identity,
         ancestor_from,
         ancestor_to,
+        valid_until: desired.valid_until,
     };
     let stale_workloads = stale(&current.workloads, &desired.workloads);
     let stale_defaults = stale(&current.defaults, &desired.defaults);
