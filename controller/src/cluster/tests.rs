@@ -275,6 +275,51 @@ fn an_invalid_policy_keeps_its_error_and_the_last_good_version() {
     assert!(p.policies()[&key].applied.is_none());
 }
 
+/// `kubectl replace --force` with a bad spec: the valid object is deleted and re-created invalid
+/// before the next flush. The compiler keeps the deleted object's version (the last good state
+/// keeps enforcing), and deleting the invalid object later removes that version.
+#[test]
+fn a_policy_recreated_invalid_keeps_the_last_good_version_until_deleted() {
+    let mut p = Pipeline::new(AllocationTable::new());
+    let mut lists = shop(&mut p);
+    p.flush(at()).unwrap();
+    let before = p.state().unwrap().clone();
+    let key = ObjectKey {
+        kind: Kind::SegmentationPolicy,
+        namespace: Some("db".into()),
+        name: "pg".into(),
+    };
+    lists.take(
+        Event::Delete(segpol("db", "pg", seg_spec("pg", 5432), 1)),
+        &mut p,
+    );
+    let mut bad = seg_spec("pg", 5432);
+    bad["ingress"][0]["expiresAt"] = json!("not a time");
+    lists.take(Event::Apply(segpol("db", "pg", bad.clone(), 1)), &mut p);
+    let f = p.flush(at()).unwrap();
+    assert_eq!((f.refused, f.changed), (1, false));
+    assert!(f.policies.is_empty());
+    assert_eq!(p.state().unwrap(), &before);
+    let record = &p.policies()[&key];
+    assert!(record.valid.is_err());
+    assert_eq!(record.applied.as_ref().map(|a| a.generation), Some(1));
+    lists.take(Event::Delete(segpol("db", "pg", bad, 1)), &mut p);
+    let f = p.flush(at()).unwrap();
+    assert_eq!(f.policies, BTreeMap::from([(key.clone(), None)]));
+    assert!(!p.policies().contains_key(&key));
+    let want = fresh(
+        &table(&p),
+        shop_policies()[..1].to_vec(),
+        &shop_namespaces(),
+        shop_workloads(),
+    );
+    assert_eq!(
+        p.state().unwrap(),
+        &want,
+        "the deleted policy is still compiled"
+    );
+}
+
 #[test]
 fn pods_wait_for_their_namespace_and_namespaces_cost_one_full_compile() {
     let mut p = Pipeline::new(AllocationTable::new());
