@@ -476,6 +476,30 @@ fn which_pods_are_workloads() {
     assert_eq!(w.ips, ["10.0.0.9".parse::<std::net::IpAddr>().unwrap()]);
 }
 
+/// The kubelet names a static pod's cgroup after the static pod's UID (its config hash, 32 hex
+/// digits unless the manifest sets a uid), which its mirror pod carries in the
+/// `kubernetes.io/config.mirror` annotation; the mirror pod's own `metadata.uid` names no cgroup.
+#[test]
+fn a_mirror_pod_is_found_by_its_static_pods_uid() {
+    let hash = "6f3b0c1e2d4a59876c0ffee123456789";
+    let mut mirror = pod("kube-system", "etcd-n1", "n1", json!({}), Some("10.0.9.1"));
+    mirror.metadata.annotations = Some(BTreeMap::from([
+        ("kubernetes.io/config.mirror".to_owned(), hash.to_owned()),
+        ("kubernetes.io/config.hash".to_owned(), hash.to_owned()),
+    ]));
+    assert_eq!(convert::pod(&mirror).unwrap().uid, hash);
+    // A manifest that sets its own uid: kept as written (the enforcer escapes `-` for systemd).
+    let uuid = "0b1e7e5a-3c4d-4e5f-8a9b-0c1d2e3f4a5b";
+    mirror.metadata.annotations = Some(BTreeMap::from([(
+        "kubernetes.io/config.mirror".to_owned(),
+        uuid.to_owned(),
+    )]));
+    assert_eq!(convert::pod(&mirror).unwrap().uid, uuid);
+    // Any other pod: its own uid.
+    let base = pod("shop", "web", "n1", json!({}), None);
+    assert_eq!(convert::pod(&base).unwrap().uid, "uid-shop-web");
+}
+
 #[test]
 fn policy_inputs_ignore_server_bookkeeping() {
     let mut a = netpol("shop", "web", "web", 8080, 3);
