@@ -221,7 +221,10 @@ fn collect(
                 }
                 let types: Vec<String> = match &spec.policy_types {
                     Some(t) if !t.is_empty() => t.clone(),
-                    _ if spec.egress.is_some() => vec!["Ingress".into(), "Egress".into()],
+                    // Egress only for a non-empty egress list, as upstream defaulting.
+                    _ if spec.egress.as_ref().is_some_and(|e| !e.is_empty()) => {
+                        vec!["Ingress".into(), "Egress".into()]
+                    }
                     _ => vec!["Ingress".into()],
                 };
                 let want = match dir {

@@ -451,7 +451,9 @@ spec:
 
 #[test]
 fn policy_types_defaulting() {
-    // No policyTypes, no egress: ingress only. With an egress section: both.
+    // Upstream SetDefaults_NetworkPolicy: policyTypes absent means Ingress, plus Egress only
+    // when the egress list is non-empty (`len(spec.Egress) != 0`). So no egress and `egress: []`
+    // isolate ingress only; `egress: [{}]` isolates both (and its one rule allows every flow).
     let set = policies(
         r#"
 apiVersion: networking.k8s.io/v1
@@ -461,24 +463,49 @@ spec: {podSelector: {matchLabels: {pod: a}}}
 ---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
-metadata: {name: both, namespace: x}
+metadata: {name: empty, namespace: x}
 spec:
   podSelector: {matchLabels: {pod: b}}
   egress: []
 "#,
     );
-    let d = decide(&set, wl("x", "a"), wl("y", "c"), Protocol::Tcp, 80);
-    assert_eq!(d.egress.reason, Reason::NotIsolated);
-    assert_eq!(
-        decide(&set, wl("y", "c"), wl("x", "a"), Protocol::Tcp, 80)
-            .ingress
-            .reason,
-        Reason::DefaultDeny
+    for pod in ["a", "b"] {
+        let d = decide(&set, wl("x", pod), wl("y", "c"), Protocol::Tcp, 80);
+        assert_eq!(d.egress.reason, Reason::NotIsolated, "egress of x/{pod}");
+        assert_eq!(
+            decide(&set, wl("y", "c"), wl("x", pod), Protocol::Tcp, 80)
+                .ingress
+                .reason,
+            Reason::DefaultDeny,
+            "ingress of x/{pod}"
+        );
+    }
+    let set = policies(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: both, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  egress: [{}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: dns, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  egress: [{ports: [{port: 53, protocol: UDP}]}]
+"#,
     );
     let d = decide(&set, wl("x", "b"), wl("y", "c"), Protocol::Udp, 53);
     assert_eq!(
         (d.egress.reason, d.egress.rule.unwrap().name.as_str()),
-        (Reason::DefaultDeny, "both")
+        (Reason::AllowedByRule, "both")
+    );
+    let d = decide(&set, wl("x", "a"), wl("y", "c"), Protocol::Tcp, 80);
+    assert_eq!(
+        (d.egress.reason, d.egress.rule.unwrap().name.as_str()),
+        (Reason::DefaultDeny, "dns")
     );
     assert_eq!(
         decide(&set, wl("y", "c"), wl("x", "b"), Protocol::Tcp, 80)

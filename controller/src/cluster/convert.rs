@@ -8,6 +8,10 @@
 //! nowhere and is not a workload. A `hostNetwork` pod gets no addresses: the ones in its status
 //! are its node's, which belong to the host identity.
 //!
+//! **Pod UID** is the one the kubelet names the pod's cgroup after: `metadata.uid`, except for a
+//! mirror pod (a static pod's API object), whose `kubernetes.io/config.mirror` annotation holds
+//! the static pod's UID.
+//!
 //! **Named ports** are the containers' `ports` with a name; a name repeated for the same
 //! protocol keeps its first port (the API server does not forbid the repetition across
 //! containers, the inventory does).
@@ -30,7 +34,8 @@ pub struct PodEntry {
     pub workload: Workload,
     /// The node it is scheduled on.
     pub node: String,
-    /// `metadata.uid` (how the enforcer finds the pod's cgroup).
+    /// The UID the kubelet names the pod's cgroup after (how the enforcer finds it):
+    /// `metadata.uid`, or a mirror pod's static pod UID.
     pub uid: String,
 }
 
@@ -53,7 +58,7 @@ pub fn pod_ref(pod: &Pod) -> Option<WorkloadRef> {
 pub fn pod(pod: &Pod) -> Option<PodEntry> {
     let namespace = pod.metadata.namespace.clone()?;
     let name = pod.metadata.name.clone()?;
-    let uid = pod.metadata.uid.clone()?;
+    let uid = pod_uid(pod)?;
     let spec = pod.spec.as_ref()?;
     let node = spec.node_name.clone().filter(|n| !n.is_empty())?;
     let status = pod.status.as_ref();
@@ -113,6 +118,23 @@ pub fn pod(pod: &Pod) -> Option<PodEntry> {
         node,
         uid,
     })
+}
+
+/// Annotation of a mirror pod (the API object of a kubelet's static pod): the static pod's UID.
+const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+/// The UID the kubelet names the pod's cgroup after: `metadata.uid`, except for a mirror pod,
+/// whose cgroup is the static pod's, named after the static pod's UID (its config hash, or the
+/// uid its manifest sets) that the kubelet writes into the mirror annotation. Returned as written:
+/// the enforcer escapes `-` for systemd slice names itself.
+fn pod_uid(pod: &Pod) -> Option<String> {
+    let mirror = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(MIRROR_ANNOTATION))
+        .filter(|h| !h.is_empty());
+    mirror.or(pod.metadata.uid.as_ref()).cloned()
 }
 
 /// An IPv4-mapped IPv6 address as IPv4 (the inventory refuses the mapped form).

@@ -13,7 +13,8 @@
 //!   seen) belongs to the pod that had it first; the other pod is a workload without that
 //!   address until the first lets it go.
 //! - An invalid policy is not applied: its error is kept for its status, and the last valid
-//!   version of the object (if any) stays in force.
+//!   version of the object (if any) stays in force, also when the object was deleted and
+//!   re-created invalid between two flushes.
 //! - A pod the compiler refuses (its own error, e.g. a malformed named port) is left out, with
 //!   its error logged and counted.
 
@@ -100,8 +101,8 @@ pub struct Pipeline {
     pods: BTreeMap<WorkloadRef, PodEntry>,
     nodes: BTreeSet<String>,
     policies: BTreeMap<ObjectKey, PolicyRecord>,
-    /// Policy objects removed but still applied.
-    gone_policies: BTreeSet<ObjectKey>,
+    /// Policy objects removed but still applied, with the version the compiler holds.
+    gone_policies: BTreeMap<ObjectKey, PolicyInput>,
     /// Pods as applied (addresses as granted).
     applied: BTreeMap<WorkloadRef, PodEntry>,
     ip_owner: HashMap<IpAddr, WorkloadRef>,
@@ -128,7 +129,7 @@ impl Pipeline {
             pods: BTreeMap::new(),
             nodes: BTreeSet::new(),
             policies: BTreeMap::new(),
-            gone_policies: BTreeSet::new(),
+            gone_policies: BTreeMap::new(),
             applied: BTreeMap::new(),
             ip_owner: HashMap::new(),
             short: BTreeSet::new(),
@@ -183,13 +184,16 @@ impl Pipeline {
                         self.dirty_policies.insert(key);
                     }
                     None => {
-                        self.gone_policies.remove(&key);
+                        // Removed and re-created before a flush (`kubectl replace --force`): the
+                        // compiler still holds the old version. Keep it as applied, so that an
+                        // invalid re-creation leaves it in force and a later removal removes it.
+                        let applied = self.gone_policies.remove(&key);
                         self.policies.insert(
                             key.clone(),
                             PolicyRecord {
                                 input,
                                 valid: Ok(()),
-                                applied: None,
+                                applied,
                                 pending: true,
                             },
                         );
@@ -199,8 +203,8 @@ impl Pipeline {
             }
             Change::PolicyGone(key) => {
                 if let Some(r) = self.policies.remove(&key) {
-                    if r.applied.is_some() {
-                        self.gone_policies.insert(key.clone());
+                    if let Some(applied) = r.applied {
+                        self.gone_policies.insert(key.clone(), applied);
                     }
                     self.dirty_policies.insert(key);
                 }
@@ -343,6 +347,8 @@ impl Pipeline {
         self.ip_owner.clear();
         self.short.clear();
         self.assignment.clear();
+        // The new compiler holds no removed policy either.
+        self.gone_policies.clear();
         for record in self.policies.values_mut() {
             record.applied = None;
             record.pending = true;
@@ -539,7 +545,7 @@ impl Pipeline {
         for key in std::mem::take(&mut self.dirty_policies) {
             match self.policies.get_mut(&key) {
                 None => {
-                    if self.gone_policies.remove(&key) {
+                    if self.gone_policies.remove(&key).is_some() {
                         out.compiler_calls += 1;
                         match c.remove_policy(&key) {
                             Ok(diff) => {

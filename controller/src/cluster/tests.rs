@@ -275,6 +275,51 @@ fn an_invalid_policy_keeps_its_error_and_the_last_good_version() {
     assert!(p.policies()[&key].applied.is_none());
 }
 
+/// `kubectl replace --force` with a bad spec: the valid object is deleted and re-created invalid
+/// before the next flush. The compiler keeps the deleted object's version (the last good state
+/// keeps enforcing), and deleting the invalid object later removes that version.
+#[test]
+fn a_policy_recreated_invalid_keeps_the_last_good_version_until_deleted() {
+    let mut p = Pipeline::new(AllocationTable::new());
+    let mut lists = shop(&mut p);
+    p.flush(at()).unwrap();
+    let before = p.state().unwrap().clone();
+    let key = ObjectKey {
+        kind: Kind::SegmentationPolicy,
+        namespace: Some("db".into()),
+        name: "pg".into(),
+    };
+    lists.take(
+        Event::Delete(segpol("db", "pg", seg_spec("pg", 5432), 1)),
+        &mut p,
+    );
+    let mut bad = seg_spec("pg", 5432);
+    bad["ingress"][0]["expiresAt"] = json!("not a time");
+    lists.take(Event::Apply(segpol("db", "pg", bad.clone(), 1)), &mut p);
+    let f = p.flush(at()).unwrap();
+    assert_eq!((f.refused, f.changed), (1, false));
+    assert!(f.policies.is_empty());
+    assert_eq!(p.state().unwrap(), &before);
+    let record = &p.policies()[&key];
+    assert!(record.valid.is_err());
+    assert_eq!(record.applied.as_ref().map(|a| a.generation), Some(1));
+    lists.take(Event::Delete(segpol("db", "pg", bad, 1)), &mut p);
+    let f = p.flush(at()).unwrap();
+    assert_eq!(f.policies, BTreeMap::from([(key.clone(), None)]));
+    assert!(!p.policies().contains_key(&key));
+    let want = fresh(
+        &table(&p),
+        shop_policies()[..1].to_vec(),
+        &shop_namespaces(),
+        shop_workloads(),
+    );
+    assert_eq!(
+        p.state().unwrap(),
+        &want,
+        "the deleted policy is still compiled"
+    );
+}
+
 #[test]
 fn pods_wait_for_their_namespace_and_namespaces_cost_one_full_compile() {
     let mut p = Pipeline::new(AllocationTable::new());
@@ -429,6 +474,30 @@ fn which_pods_are_workloads() {
     assert_eq!(w.ports.len(), 1);
     assert_eq!(w.ports[0].port, 8080);
     assert_eq!(w.ips, ["10.0.0.9".parse::<std::net::IpAddr>().unwrap()]);
+}
+
+/// The kubelet names a static pod's cgroup after the static pod's UID (its config hash, 32 hex
+/// digits unless the manifest sets a uid), which its mirror pod carries in the
+/// `kubernetes.io/config.mirror` annotation; the mirror pod's own `metadata.uid` names no cgroup.
+#[test]
+fn a_mirror_pod_is_found_by_its_static_pods_uid() {
+    let hash = "6f3b0c1e2d4a59876c0ffee123456789";
+    let mut mirror = pod("kube-system", "etcd-n1", "n1", json!({}), Some("10.0.9.1"));
+    mirror.metadata.annotations = Some(BTreeMap::from([
+        ("kubernetes.io/config.mirror".to_owned(), hash.to_owned()),
+        ("kubernetes.io/config.hash".to_owned(), hash.to_owned()),
+    ]));
+    assert_eq!(convert::pod(&mirror).unwrap().uid, hash);
+    // A manifest that sets its own uid: kept as written (the enforcer escapes `-` for systemd).
+    let uuid = "0b1e7e5a-3c4d-4e5f-8a9b-0c1d2e3f4a5b";
+    mirror.metadata.annotations = Some(BTreeMap::from([(
+        "kubernetes.io/config.mirror".to_owned(),
+        uuid.to_owned(),
+    )]));
+    assert_eq!(convert::pod(&mirror).unwrap().uid, uuid);
+    // Any other pod: its own uid.
+    let base = pod("shop", "web", "n1", json!({}), None);
+    assert_eq!(convert::pod(&base).unwrap().uid, "uid-shop-web");
 }
 
 #[test]

@@ -108,7 +108,7 @@ mod tests {
         .unwrap();
         let p2 = PolicySet::from_yaml_str(
             "p.yaml",
-            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{port: 81}]}], egress: []}\n",
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{port: 81}]}], egress: [{ports: [{port: 53}]}]}\n",
         )
         .unwrap();
         let at = "2026-11-27T12:00:00Z".parse().unwrap();

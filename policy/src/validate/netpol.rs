@@ -35,8 +35,10 @@ pub(super) fn lower_netpol(
             }
         }
         _ => {
+            // Upstream SetDefaults_NetworkPolicy adds Egress only when `len(spec.Egress) != 0`:
+            // `egress: []` without policyTypes isolates ingress only.
             types[0] = true;
-            types[1] = spec.egress.is_some();
+            types[1] = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
         }
     }
     let mut isolates = [None, None];
