@@ -139,8 +139,8 @@ pub struct Config {
     /// only the cgroup itself is looked up. At most [`MAX_ANCESTOR_LEVELS`] levels.
     pub ancestor_from: u16,
     pub ancestor_to: u16,
-    /// Boot-time ns at which the next validity window of the maps' entries opens or closes (the
-    /// compile's next change); `u64::MAX`: none. From that instant the programs see the revision
+    /// Boot-time ns at which the next validity window of the maps' entries opens or closes
+    /// (written by every apply); `u64::MAX`: none. From that instant the programs see the revision
     /// with [`REVISION_PAST_CHANGE_BIT`] set, so every decision cached per socket or flow is made
     /// again once, against the entries' windows at that time: a grant expires on established
     /// connections too, and a deny that starts applies to them, with no agent running.

@@ -327,7 +327,7 @@ fn time_windows_are_enforced_by_the_kernel_clock() {
     );
 }
 
-/// At a window boundary (`valid_until`, the compile's next change) the kernel makes every cached
+/// At a window boundary (`CONFIG.valid_until`, the entries' next window edge) the kernel makes every cached
 /// decision again, with nothing written: a grant that expires stops established connections, and
 /// a deny that starts stops them too.
 #[test]
@@ -357,7 +357,6 @@ fn a_window_boundary_re_decides_established_connections_without_an_apply() {
         starting,
     );
     isolate(&mut m, SERVER, DIR_INGRESS, 96);
-    m.valid_until = boundary;
     env.dp().apply(&m).expect("apply");
     let mut sessions = [80, 81].map(|port| {
         let (session, first) = env

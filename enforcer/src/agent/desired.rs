@@ -87,9 +87,6 @@ pub fn translate(
             None => missing.push((workload.clone(), dir)),
         }
     }
-    maps.valid_until = state.next_change.map_or(u64::MAX, |t| {
-        clock.to_boot_ns(u64::try_from(t.as_nanosecond()).unwrap_or(0).max(1))
-    });
     maps.addresses = state
         .addresses
         .iter()

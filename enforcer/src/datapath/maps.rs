@@ -12,7 +12,7 @@ use enforcer_common::{
     WorkloadValue, identity,
 };
 
-use super::{DatapathError, pins};
+use super::{BootClock, DatapathError, pins};
 
 /// Set in `CONFIG.revision` while `apply` deletes stale entries; revisions themselves never
 /// use this bit (it is masked off what `apply` writes and what `current` reports).
@@ -29,9 +29,6 @@ pub struct DesiredMaps {
     /// cgroups, so that a pod's cgroup covers its containers before they exist). At most
     /// `MAX_ANCESTOR_LEVELS` levels, from level 1. `None`: each cgroup stands alone.
     pub ancestor_levels: Option<(u16, u16)>,
-    /// Boot-time ns of the next window boundary of any entry (`u64::MAX`: none): from then on
-    /// the programs make every cached decision again once (`Config::valid_until`).
-    pub valid_until: u64,
     /// Cgroup id -> workload.
     pub workloads: BTreeMap<u64, WorkloadValue>,
     /// (address, prefix length in bits over the 128-bit key) -> peer identity. IPv4 prefixes
@@ -48,7 +45,6 @@ impl Default for DesiredMaps {
             revision: 0,
             unmanaged_identity: identity::UNMANAGED,
             ancestor_levels: None,
-            valid_until: u64::MAX,
             workloads: BTreeMap::new(),
             addresses: BTreeMap::new(),
             policy: BTreeMap::new(),
@@ -147,7 +143,6 @@ impl PolicyMaps {
             unmanaged_identity: config.unmanaged_identity,
             ancestor_levels: (config.ancestor_to != 0)
                 .then_some((config.ancestor_from, config.ancestor_to)),
-            valid_until: config.valid_until,
             ..DesiredMaps::default()
         };
         for entry in self.workloads.iter() {
@@ -176,7 +171,7 @@ impl PolicyMaps {
         check_ancestor_levels(desired.ancestor_levels)?;
         let current = self.read()?;
         self.check_capacity(&current, desired)?;
-        let (steps, stats) = plan(&current, desired);
+        let (steps, stats) = plan(&current, desired, BootClock::now_boot_ns());
         let write_err = |name| move |e| DatapathError::map(name, "writing", e);
         let delete_err = |name| move |e| DatapathError::map(name, "deleting", e);
         for step in steps {
@@ -287,7 +282,9 @@ enum Step {
 /// transient one ([`TRANSIENT_REVISION_BIT`] set), and the final revision is written last: a
 /// connection re-decided while a stale (possibly more permissive) entry still existed carries the
 /// transient revision and is decided once more against the final state.
-fn plan(current: &DesiredMaps, desired: &DesiredMaps) -> (Vec<Step>, ApplyStats) {
+///
+/// `CONFIG.valid_until` is the first window boundary of `desired`'s entries after `now`.
+fn plan(current: &DesiredMaps, desired: &DesiredMaps, now: u64) -> (Vec<Step>, ApplyStats) {
     let mut stats = ApplyStats {
         previous_revision: current.revision,
         revision: desired.revision,
@@ -324,7 +321,7 @@ fn plan(current: &DesiredMaps, desired: &DesiredMaps) -> (Vec<Step>, ApplyStats)
         unmanaged_identity: desired.unmanaged_identity,
         ancestor_from,
         ancestor_to,
-        valid_until: desired.valid_until,
+        valid_until: next_boundary(desired, now),
     };
     let stale_workloads = stale(&current.workloads, &desired.workloads);
     let stale_defaults = stale(&current.defaults, &desired.defaults);
@@ -351,6 +348,18 @@ fn plan(current: &DesiredMaps, desired: &DesiredMaps) -> (Vec<Step>, ApplyStats)
     steps.extend(stale_addresses.into_iter().map(|k| Step::Address(k, None)));
     steps.push(Step::Config(final_config));
     (steps, stats)
+}
+
+/// The first instant after `now` (boot-time ns) at which an entry of `maps` enters or leaves its
+/// window, `u64::MAX` when none does: until then the maps decide every flow as they do now.
+fn next_boundary(maps: &DesiredMaps, now: u64) -> u64 {
+    maps.policy
+        .values()
+        .chain(maps.defaults.values())
+        .flat_map(|v| [v.not_before, v.expires_at])
+        .filter(|&t| t > now && t != u64::MAX)
+        .min()
+        .unwrap_or(u64::MAX)
 }
 
 /// A `POLICY` entry's rank in the kernel's lookup order, first looked up first: the peer's own

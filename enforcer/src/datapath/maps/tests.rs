@@ -149,7 +149,7 @@ proptest! {
     ) {
         let before = decisions(&old);
         let after = decisions(&new);
-        let (steps, _) = plan(&old, &new);
+        let (steps, _) = plan(&old, &new, 0);
         let mut maps = old.clone();
         for (i, step) in steps.iter().enumerate() {
             replay(&mut maps, step);
@@ -188,7 +188,7 @@ fn removing_isolation_with_its_allow_never_denies_the_allowed_flow() {
         revision: 2,
         ..DesiredMaps::default()
     };
-    let (steps, stats) = plan(&old, &new);
+    let (steps, stats) = plan(&old, &new, 0);
     let deletions: Vec<_> = steps
         .iter()
         .filter(|s| !matches!(s, Step::Config(_)))
@@ -211,7 +211,7 @@ fn a_peer_allow_is_written_before_the_any_deny_it_overrides() {
     let peer = policy_key(256, 258, DIR_EGRESS, 80, 96);
     new.policy.insert(any, value(VERDICT_DENY, 1));
     new.policy.insert(peer, value(VERDICT_ALLOW, 2));
-    let (steps, _) = plan(&old, &new);
+    let (steps, _) = plan(&old, &new, 0);
     assert_eq!(
         &steps[..2],
         [
@@ -241,4 +241,36 @@ fn the_peak_of_an_update_is_checked_against_the_capacity() {
         "desired maps, POLICY: the update needs 12 entries at its peak (8 now, 8 after) and the \
          map holds at most 11; nothing was written"
     );
+}
+
+#[test]
+fn the_next_boundary_is_the_first_window_edge_after_now() {
+    let mut maps = DesiredMaps::default();
+    assert_eq!(next_boundary(&maps, 100), u64::MAX);
+    let mut expiring = value(VERDICT_ALLOW, 1);
+    expiring.expires_at = 500;
+    let mut starting = value(VERDICT_DENY, 2);
+    starting.not_before = 300;
+    let mut past = value(VERDICT_DENY, 3);
+    past.not_before = 50;
+    maps.policy
+        .insert(policy_key(256, 258, DIR_EGRESS, 80, 96), expiring);
+    maps.policy
+        .insert(policy_key(256, 259, DIR_EGRESS, 80, 96), past);
+    maps.defaults.insert(
+        DefaultKey {
+            local_identity: 256,
+            direction: DIR_EGRESS,
+            _pad: [0; 3],
+        },
+        starting,
+    );
+    assert_eq!(next_boundary(&maps, 100), 300);
+    assert_eq!(next_boundary(&maps, 300), 500);
+    assert_eq!(next_boundary(&maps, 500), u64::MAX);
+    let (steps, _) = plan(&DesiredMaps::default(), &maps, 100);
+    match steps.last() {
+        Some(Step::Config(c)) => assert_eq!(c.valid_until, 300),
+        other => panic!("the plan ends with CONFIG, not {other:?}"),
+    }
 }
