@@ -462,7 +462,47 @@ fn invalid_input_at_start_changes_nothing_and_exits_2() {
              spec:\n  podSelector: {matchExpressions: [{key: pod, operator: Near}]}\n",
         )
         .unwrap();
-    let out = std::process::Command::new(bulkhead_tests::agent::enforcer_binary().unwrap())
+    let error = run_refused(&agent, &net);
+    assert!(error.contains("bad.yaml"), "{error}");
+    assert!(error.contains("x/p"), "{error}");
+    assert!(error.contains("operator"), "{error}");
+}
+
+/// Two workloads naming one cgroup, spelled differently (full path with and without a trailing
+/// `/`), pass the inventory's own check; the agent refuses them before installing anything.
+#[test]
+fn one_cgroup_claimed_twice_is_refused_at_start() {
+    if skip() {
+        return;
+    }
+    let mut net = TestNet::new("samecg").unwrap();
+    let a = net
+        .add_workload(
+            "a",
+            "10.200.9.1".parse().unwrap(),
+            "fd00:200::9:1".parse().unwrap(),
+        )
+        .unwrap();
+    let agent = AgentRun::new(&net).unwrap();
+    let dir = a.cgroup_path.display();
+    agent
+        .write_inventory(&format!(
+            "namespaces: [{{name: x}}]\nworkloads:\n\
+             - {{namespace: x, name: a, cgroup: \"{dir}\"}}\n\
+             - {{namespace: x, name: b, cgroup: \"{dir}/\"}}\n"
+        ))
+        .unwrap();
+    let error = run_refused(&agent, &net);
+    assert!(error.contains("inventory"), "{error}");
+    assert!(error.contains("x/b"), "{error}");
+    assert!(error.contains("workloads[1].cgroup"), "{error}");
+    assert!(error.contains("x/a"), "{error}");
+}
+
+/// Runs `enforcer run` once; asserts it exits 2 (within 20 s: an agent that accepted the input
+/// would run on) with one error line, having installed nothing, and returns that line.
+fn run_refused(agent: &AgentRun, net: &TestNet) -> String {
+    let mut child = std::process::Command::new(bulkhead_tests::agent::enforcer_binary().unwrap())
         .arg("run")
         .arg("--policies")
         .arg(agent.policies_dir())
@@ -475,17 +515,30 @@ fn invalid_input_at_start_changes_nothing_and_exits_2() {
         .arg("--cgroup")
         .arg(net.cgroup_parent())
         .arg("--no-metrics")
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the agent accepted the input and ran on:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     let error_lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(error_lines.len(), 1, "one clear line: {stderr}");
-    assert!(error_lines[0].contains("bad.yaml"), "{stderr}");
-    assert!(error_lines[0].contains("x/p"), "{stderr}");
-    assert!(error_lines[0].contains("operator"), "{stderr}");
     assert!(!agent.bpffs().exists(), "nothing was installed");
     assert_eq!(attached_count(net.cgroup_parent()).unwrap(), 0);
+    error_lines[0].to_owned()
 }
 
 #[test]

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use bulkhead_policy::{CompiledState, WorkloadRef};
+use bulkhead_policy::model::Workload;
+use bulkhead_policy::{CompiledState, Error, Inventory, WorkloadRef};
 use enforcer_common::{PolicyValue, WorkloadValue, identity};
 
 use crate::datapath::{BootClock, DesiredMaps, cgroup_id};
@@ -16,6 +17,7 @@ pub struct Translation {
     pub by_cgroup: BTreeMap<u64, WorkloadRef>,
     /// Workloads with a `cgroup` that could not be found.
     pub missing: Vec<(WorkloadRef, PathBuf)>,
+
     /// Every workload cgroup directory and the id it had (`None`: missing): the agent checks
     /// them every second and applies again when one appears, disappears or is made anew.
     pub cgroups: CgroupIds,
@@ -49,6 +51,36 @@ pub fn cgroup_dir(cgroup_root: &Path, cgroup: &str) -> PathBuf {
     } else {
         cgroup_root.join(cgroup.trim_start_matches('/'))
     }
+}
+
+/// Refuses an inventory (read from `file`) in which two workloads name the same cgroup directory
+/// spelled differently (relative and full path, a trailing `/`, a symlink): the inventory's own
+/// check compares the spellings, this one the directories that exist.
+pub fn check_cgroups(inventory: &Inventory, file: &Path, cgroup_root: &Path) -> Result<(), Error> {
+    let mut seen: BTreeMap<u64, &Workload> = BTreeMap::new();
+    for (i, w) in inventory.workloads.iter().enumerate() {
+        let Some(cgroup) = &w.cgroup else {
+            continue;
+        };
+        let dir = cgroup_dir(cgroup_root, cgroup);
+        let Ok(id) = cgroup_id(&dir) else {
+            continue;
+        };
+        if let Some(first) = seen.insert(id, w) {
+            return Err(Error::Invalid {
+                file: file.display().to_string(),
+                object: format!("Workload {}/{}", w.namespace, w.name),
+                field: format!("workloads[{i}].cgroup"),
+                message: format!(
+                    "{} is the cgroup of {}/{} too (the same directory, spelled differently)",
+                    dir.display(),
+                    first.namespace,
+                    first.name
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Translates `state` for revision `revision`.
@@ -156,5 +188,33 @@ mod tests {
         assert_eq!(boot.not_before, 4_000_000);
         assert_eq!(boot.expires_at, u64::MAX);
         assert_eq!(boot.rule_id, 9);
+    }
+
+    #[test]
+    fn two_spellings_of_one_cgroup_are_refused() {
+        let root = std::env::temp_dir().join(format!("bulkhead-cg-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("system.slice/a.service")).unwrap();
+        std::fs::create_dir_all(root.join("system.slice/b.service")).unwrap();
+        let inventory = |b_cgroup: &str| {
+            let yaml = format!(
+                "namespaces: [{{name: x}}]\nworkloads:\n\
+                 - {{namespace: x, name: a, cgroup: /system.slice/a.service}}\n\
+                 - {{namespace: x, name: b, cgroup: \"{b_cgroup}\"}}\n"
+            );
+            Inventory::from_yaml_str("inventory.yaml", &yaml).unwrap()
+        };
+        let file = Path::new("/etc/bulkhead/inventory.yaml");
+        let distinct = inventory("/system.slice/b.service");
+        assert!(check_cgroups(&distinct, file, &root).is_ok());
+        let full = format!("{}/system.slice/a.service/", root.display());
+        let error = check_cgroups(&inventory(&full), file, &root).expect_err("same cgroup");
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "/etc/bulkhead/inventory.yaml: Workload x/b: workloads[1].cgroup: {full} is the \
+                 cgroup of x/a too (the same directory, spelled differently)"
+            )
+        );
     }
 }

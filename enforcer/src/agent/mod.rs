@@ -96,6 +96,7 @@ pub async fn run(config: AgentConfig) -> Result<()> {
     // Validate before touching the kernel: a bad start changes nothing.
     let (policies, inventory) = load_inputs(&config.policies, &config.inventory)?;
     let cgroup_root = datapath::find_cgroup2_mount().context("finding the cgroup v2 mount")?;
+    desired::check_cgroups(&inventory, &config.inventory, &cgroup_root)?;
     let attach_to = config.cgroup.clone().unwrap_or_else(|| cgroup_root.clone());
     let (datapath, state_dir, attribution) =
         open_node(&config.bpffs, &attach_to, &config.state_dir)?;
@@ -138,6 +139,7 @@ impl Agent {
     /// Compiles and applies `policies` over `inventory`; on success they become the last good
     /// state. On failure nothing in the kernel changed.
     fn enforce(&mut self, policies: PolicySet, inventory: Inventory) -> Result<()> {
+        desired::check_cgroups(&inventory, &self.config.inventory, &self.cgroup_root)?;
         let started = Instant::now();
         let now = jiff::Timestamp::now();
         let compiled = self.compiler.compile(&policies, &inventory, now)?;
@@ -164,6 +166,7 @@ impl Agent {
         // revision left by a crash mid-apply reads as its final one.
         let revision = self.datapath.revision()? + 1;
         let translation = desired::translate(compiled, revision, &self.cgroup_root, &self.clock);
+
         for (workload, dir) in &translation.missing {
             tracing::warn!(workload = %format!("{}/{}", workload.namespace, workload.name),
                 cgroup = %dir.display(), "workload cgroup not found; enforced once it appears");
