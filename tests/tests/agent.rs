@@ -435,15 +435,7 @@ fn invalid_input_at_start_changes_nothing_and_exits_2() {
     if skip() {
         return;
     }
-    let mut net = TestNet::new("badstart").unwrap();
-    let a = net
-        .add_workload(
-            "a",
-            "10.200.9.1".parse().unwrap(),
-            "fd00:200::9:1".parse().unwrap(),
-        )
-        .unwrap();
-    let agent = AgentRun::new(&net).unwrap();
+    let (net, a, agent) = one_workload("badstart");
     agent
         .write_inventory(&inventory_yaml(
             &[("x", "{}")],
@@ -475,15 +467,7 @@ fn one_cgroup_claimed_twice_is_refused_at_start() {
     if skip() {
         return;
     }
-    let mut net = TestNet::new("samecg").unwrap();
-    let a = net
-        .add_workload(
-            "a",
-            "10.200.9.1".parse().unwrap(),
-            "fd00:200::9:1".parse().unwrap(),
-        )
-        .unwrap();
-    let agent = AgentRun::new(&net).unwrap();
+    let (net, a, agent) = one_workload("samecg");
     let dir = a.cgroup_path.display();
     agent
         .write_inventory(&format!(
@@ -497,6 +481,20 @@ fn one_cgroup_claimed_twice_is_refused_at_start() {
     assert!(error.contains("x/b"), "{error}");
     assert!(error.contains("workloads[1].cgroup"), "{error}");
     assert!(error.contains("x/a"), "{error}");
+}
+
+/// A test network with workload `a` and an agent's files (no agent running).
+fn one_workload(name: &str) -> (TestNet, Workload, AgentRun) {
+    let mut net = TestNet::new(name).unwrap();
+    let a = net
+        .add_workload(
+            "a",
+            "10.200.9.1".parse().unwrap(),
+            "fd00:200::9:1".parse().unwrap(),
+        )
+        .unwrap();
+    let agent = AgentRun::new(&net).unwrap();
+    (net, a, agent)
 }
 
 /// Runs `enforcer run` once; asserts it exits 2 (within 20 s: an agent that accepted the input
