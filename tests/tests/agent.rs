@@ -267,7 +267,7 @@ fn a_workload_cgroup_made_anew_is_enforced_again() {
         .push(f.b.serve(&[80, 81], Proto::Tcp).expect("tcp server"));
 
     let skip = f.agent.log_records().len();
-    let enforced = f.agent.wait_until(Duration::from_secs(3), || {
+    let enforced = f.agent.wait_until(Duration::from_secs(5), || {
         f.probe_short(&f.a, &f.b, 81, Proto::Tcp) == ProbeResult::Timeout
     });
     assert!(

@@ -337,7 +337,8 @@ fn a_window_boundary_re_decides_established_connections_without_an_apply() {
     }
     let mut env = Env::new("window-established");
     let _tcp = env.server.serve(&[80, 81], Proto::Tcp).expect("server");
-    let boundary = BootClock::now_boot_ns() + 1_500_000_000;
+    // Long enough for the set-up below on a loaded machine (checked before the boundary).
+    let boundary = BootClock::now_boot_ns() + 4_000_000_000;
     let mut m = env.base(1);
     let mut expiring = allow(40);
     expiring.expires_at = boundary;
@@ -372,6 +373,10 @@ fn a_window_boundary_re_decides_established_connections_without_an_apply() {
             ProbeResult::Connected
         );
     }
+    assert!(
+        BootClock::now_boot_ns() < boundary,
+        "the set-up outlasted the window: the exchanges above do not show the grant"
+    );
     let left = Duration::from_nanos(boundary.saturating_sub(BootClock::now_boot_ns()));
     thread::sleep(left + Duration::from_millis(100));
     // Nothing was written since: the kernel alone re-decided both established connections.

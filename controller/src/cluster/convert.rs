@@ -127,13 +127,24 @@ const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 /// whose cgroup is the static pod's, named after the static pod's UID (its config hash, or the
 /// uid its manifest sets) that the kubelet writes into the mirror annotation. Returned as written:
 /// the enforcer escapes `-` for systemd slice names itself.
+///
+/// The annotation counts only on a pod the kubelet made: owned by its node (the kubelet sets that
+/// owner on every mirror pod). Anyone who may create pods can write the annotation, and a pod
+/// that named another pod's UID would otherwise take over that pod's cgroup.
 fn pod_uid(pod: &Pod) -> Option<String> {
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+    let owned_by_node = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == "Node" && o.api_version == "v1" && Some(o.name.as_str()) == node);
     let mirror = pod
         .metadata
         .annotations
         .as_ref()
         .and_then(|a| a.get(MIRROR_ANNOTATION))
-        .filter(|h| !h.is_empty());
+        .filter(|h| owned_by_node && !h.is_empty());
     mirror.or(pod.metadata.uid.as_ref()).cloned()
 }
 

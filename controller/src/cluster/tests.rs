@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bulkhead_policy::model::Workload;
 use bulkhead_policy::{AllocationTable, Kind, ObjectKey, PolicyObject, WorkloadRef};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::runtime::watcher::Event;
 use serde_json::json;
 
@@ -483,6 +484,15 @@ fn which_pods_are_workloads() {
 fn a_mirror_pod_is_found_by_its_static_pods_uid() {
     let hash = "6f3b0c1e2d4a59876c0ffee123456789";
     let mut mirror = pod("kube-system", "etcd-n1", "n1", json!({}), Some("10.0.9.1"));
+    let owner = |node: &str| OwnerReference {
+        api_version: "v1".into(),
+        kind: "Node".into(),
+        name: node.into(),
+        uid: format!("node-uid-{node}"),
+        controller: Some(true),
+        block_owner_deletion: None,
+    };
+    mirror.metadata.owner_references = Some(vec![owner("n1")]);
     mirror.metadata.annotations = Some(BTreeMap::from([
         ("kubernetes.io/config.mirror".to_owned(), hash.to_owned()),
         ("kubernetes.io/config.hash".to_owned(), hash.to_owned()),
@@ -498,6 +508,16 @@ fn a_mirror_pod_is_found_by_its_static_pods_uid() {
     // Any other pod: its own uid.
     let base = pod("shop", "web", "n1", json!({}), None);
     assert_eq!(convert::pod(&base).unwrap().uid, "uid-shop-web");
+    // The annotation on a pod its node does not own (anyone may write it) does not count: such
+    // a pod cannot take over the static pod's cgroup.
+    let mut forged = pod("shop", "web", "n1", json!({}), None);
+    forged.metadata.annotations = Some(BTreeMap::from([(
+        "kubernetes.io/config.mirror".to_owned(),
+        hash.to_owned(),
+    )]));
+    assert_eq!(convert::pod(&forged).unwrap().uid, "uid-shop-web");
+    forged.metadata.owner_references = Some(vec![owner("n2")]);
+    assert_eq!(convert::pod(&forged).unwrap().uid, "uid-shop-web");
 }
 
 #[test]

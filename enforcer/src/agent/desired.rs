@@ -31,14 +31,19 @@ impl CgroupIds {
     /// The directories whose id is not the recorded one any more, with the recorded id and the
     /// current one: a cgroup created, removed, or removed and made again (a restarted systemd
     /// service or container gets a new directory, so a new id, at the same path).
-    pub fn changed(&self) -> Vec<(&Path, Option<u64>, Option<u64>)> {
-        self.0
-            .iter()
-            .filter_map(|(dir, &recorded)| {
-                let now = cgroup_id(dir).ok();
-                (now != recorded).then_some((dir.as_path(), recorded, now))
-            })
-            .collect()
+    ///
+    /// Records the current ids: a change is reported once, also when the apply it causes fails
+    /// (that failure is logged, and the next change or input edit tries again).
+    pub fn take_changes(&mut self) -> Vec<(PathBuf, Option<u64>, Option<u64>)> {
+        let mut changes = Vec::new();
+        for (dir, recorded) in &mut self.0 {
+            let now = cgroup_id(dir).ok();
+            if now != *recorded {
+                changes.push((dir.clone(), *recorded, now));
+                *recorded = now;
+            }
+        }
+        changes
     }
 }
 

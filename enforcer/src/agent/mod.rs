@@ -217,7 +217,7 @@ impl Agent {
     /// last apply (a restarted service's new cgroup has a new id: until it is in `WORKLOADS`,
     /// its processes are unmanaged). Nothing is written while nothing changed.
     fn check_cgroups(&mut self) {
-        let changed = self.cgroups.changed();
+        let changed = self.cgroups.take_changes();
         if changed.is_empty() {
             return;
         }

@@ -100,8 +100,8 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// The agent creates its watcher before it reads the inputs: a change made while it starts
-    /// must still be reported when it first waits.
+    /// What the agent's start relies on (it creates its watcher before it reads the inputs): a
+    /// change made before anyone waits is reported at the first wait, not dropped.
     #[tokio::test]
     async fn a_change_before_the_first_wait_is_reported_then() {
         let dir = std::env::temp_dir().join(format!("bulkhead-watch-early-{}", std::process::id()));

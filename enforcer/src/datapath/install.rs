@@ -56,8 +56,7 @@ fn install_inner(
     if let Some(bytes) = options.events_ring_bytes {
         loader.map_max_entries(pins::MAP_EVENTS, bytes);
     }
-    let mut ebpf = loader
-        .load(OBJECT)
+    let mut ebpf = verifier::with_signals_blocked(|| loader.load(OBJECT))
         .map_err(|e| DatapathError::Load(Box::new(e)))?;
 
     let initial = Config {

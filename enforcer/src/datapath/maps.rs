@@ -271,7 +271,9 @@ enum Step {
 /// The writes that take the kernel from `current` to `desired`, in order, and what they change.
 ///
 /// The order keeps every lookup answering as the old state or as the new one, never a mix of
-/// the two. The kernel takes the first hit of: the peer's `POLICY` entry (longest prefix), the
+/// the two, for a flow whose endpoints keep their identities (an address or cgroup that moves to
+/// another identity switches when its entry is written, and the transient revision then makes
+/// cached decisions again). The kernel takes the first hit of: the peer's `POLICY` entry (longest prefix), the
 /// `ANY` entry (longest prefix), `DEFAULTS`. So upserts go from the highest priority down (a new
 /// answer appears only once nothing of higher priority can still give an old one that the new
 /// state lacks), and deletions from the lowest up (removing an old answer never uncovers another
@@ -304,7 +306,10 @@ fn plan(current: &DesiredMaps, desired: &DesiredMaps, now: u64) -> (Vec<Step>, A
             steps.push(Step::Default(*k, Some(*v)));
         }
     }
-    for (k, v) in &desired.addresses {
+    // Addresses by the same rule: the trie answers with the longest prefix, so longer first.
+    let mut addresses: Vec<_> = desired.addresses.iter().collect();
+    addresses.sort_by_key(|((_, len), _)| std::cmp::Reverse(*len));
+    for (k, v) in addresses {
         if upsert(&current.addresses, k, v, &mut stats.addresses) {
             steps.push(Step::Address(*k, Some(*v)));
         }
@@ -327,7 +332,8 @@ fn plan(current: &DesiredMaps, desired: &DesiredMaps, now: u64) -> (Vec<Step>, A
     let stale_defaults = stale(&current.defaults, &desired.defaults);
     let mut stale_policy = stale(&current.policy, &desired.policy);
     stale_policy.sort_by_key(|k| std::cmp::Reverse(policy_priority(k)));
-    let stale_addresses = stale(&current.addresses, &desired.addresses);
+    let mut stale_addresses = stale(&current.addresses, &desired.addresses);
+    stale_addresses.sort_by_key(|&(_, len)| len);
     let deletions =
         stale_workloads.len() + stale_defaults.len() + stale_policy.len() + stale_addresses.len();
     if deletions == 0 {

@@ -1,10 +1,9 @@
 //! Loading a program through the verifier without being interrupted by signals.
 //!
 //! The verifier checks `signal_pending` as it walks a program and gives up with `EAGAIN` when a
-//! signal arrived for the loading thread: any signal with a handler, in any process that also
-//! handles signals (the agent's tokio runtime handles SIGTERM and SIGINT, a test harness may
-//! handle SIGCHLD). Our programs take the verifier tens of milliseconds, so this is not rare
-//! under load. The loading thread therefore blocks every blockable signal for the duration of
+//! signal arrived for the loading thread: any signal with a handler (a test harness's, or one of
+//! a process that embeds the datapath). Our programs take the verifier tens of milliseconds, so
+//! this is not rare under load. The loading thread therefore blocks every blockable signal for the duration of
 //! the call (a process-directed signal goes to another thread, a thread-directed one waits),
 //! and a load that still ends in `EAGAIN` (the cgroup freezer, or an unblockable stop signal,
 //! interrupts it too) is tried again, a bounded number of times, as libbpf does.
@@ -20,6 +19,14 @@ pub const LOAD_ATTEMPTS: u32 = 5;
 pub fn load(load: impl FnMut() -> Result<(), ProgramError>) -> Result<(), ProgramError> {
     let _blocked = SignalsBlocked::new();
     retry_interrupted(LOAD_ATTEMPTS, interrupted, load)
+}
+
+/// Runs `f` with the calling thread's signals blocked: for aya's object load, whose one-time
+/// feature probes are `BPF_PROG_LOAD`s too (a probe interrupted by a signal would read as a
+/// missing kernel feature).
+pub fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+    let _blocked = SignalsBlocked::new();
+    f()
 }
 
 /// Whether the verifier gave up on a signal (or the freezer) rather than on the program.
