@@ -259,12 +259,9 @@ mod tests {
         assert_eq!(record.time, "2023-11-14T22:13:20.000001Z");
     }
 
-    #[test]
-    fn connect_event_takes_the_local_address_from_the_inventory() {
-        let state = state();
-        let mut attribution = Attribution::default();
-        attribution.update(&state, BTreeMap::from([(76, WorkloadRef::new("x", "a"))]));
-        let event = VerdictEvent {
+    /// x/a's TCP connect to x/b:81, denied by default, as the connect hook reports it.
+    fn denied_connect() -> VerdictEvent {
+        VerdictEvent {
             timestamp_ns: 1,
             cgroup_id: 76,
             socket_cookie: 1,
@@ -283,8 +280,18 @@ mod tests {
             reason: REASON_DEFAULT_DENY,
             family: FAMILY_INET,
             _pad: [0; 10],
-        };
-        let record = attribution.record(&event, &BootClock { offset_ns: 0 });
+        }
+    }
+
+    fn with_a_at_cgroup_76() -> Attribution {
+        let mut attribution = Attribution::default();
+        attribution.update(&state(), BTreeMap::from([(76, WorkloadRef::new("x", "a"))]));
+        attribution
+    }
+
+    #[test]
+    fn connect_event_takes_the_local_address_from_the_inventory() {
+        let record = with_a_at_cgroup_76().record(&denied_connect(), &BootClock { offset_ns: 0 });
         assert_eq!(record.src.ip.to_string(), "10.200.1.1");
         assert_eq!(record.src.workload.as_deref(), Some("x/a"));
         assert_eq!(record.dst.workload.as_deref(), Some("x/b"));
@@ -295,30 +302,13 @@ mod tests {
 
     #[test]
     fn an_ipv6_sockets_connection_to_an_ipv4_mapped_peer_is_logged_as_ipv4() {
-        let state = state();
-        let mut attribution = Attribution::default();
-        attribution.update(&state, BTreeMap::from([(76, WorkloadRef::new("x", "a"))]));
         let event = VerdictEvent {
-            timestamp_ns: 1,
-            cgroup_id: 76,
-            socket_cookie: 1,
             revision: 3 | TRANSIENT_REVISION_BIT | REVISION_PAST_CHANGE_BIT,
             src_addr: [0; 16],
-            dst_addr: mapped([10, 200, 1, 2]),
-            src_port: 0,
-            dst_port: 81,
-            local_identity: 256,
-            remote_identity: 257,
-            rule_id: 0,
-            direction: DIR_EGRESS,
-            hook: HOOK_CONNECT,
-            protocol: PROTO_TCP,
-            verdict: VERDICT_DENY,
-            reason: REASON_DEFAULT_DENY,
             family: FAMILY_INET6,
-            _pad: [0; 10],
+            ..denied_connect()
         };
-        let record = attribution.record(&event, &BootClock { offset_ns: 0 });
+        let record = with_a_at_cgroup_76().record(&event, &BootClock { offset_ns: 0 });
         assert_eq!(record.dst.ip.to_string(), "10.200.1.2");
         assert_eq!(record.dst.workload.as_deref(), Some("x/b"));
         assert_eq!(record.src.ip.to_string(), "10.200.1.1");
