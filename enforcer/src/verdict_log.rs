@@ -1,9 +1,11 @@
 //! The flow verdict log: one JSON object per line, one record per kernel verdict, plus a record
-//! for every batch of verdicts the kernel could not hand over (ring buffer full), so that nothing
-//! is lost silently. One writer owns the file; it only appends.
+//! for every batch of verdicts the kernel could not hand over (ring buffer full) and for every
+//! run of records the agent could not write (the file system refused them), so that nothing is
+//! lost silently. One writer owns the file; it only appends, a batch at a time, and a batch that
+//! cannot be written leaves no partial line behind.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -61,20 +63,34 @@ pub struct VerdictRecord {
     pub socket_cookie: u64,
 }
 
-/// A record of verdicts that the kernel made but could not hand over.
+/// A record of verdicts missing from the log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LossRecord {
     pub time: String,
-    /// Always `lost`.
+    /// `lost`: verdict events the kernel could not hand over (ring buffer full) since the previous
+    /// such record. `unwritten`: records the agent had but could not write to this file (an I/O
+    /// error, e.g. a full disk) since the previous such record.
     pub event: &'static str,
-    /// Verdict events dropped since the previous loss record.
     pub count: u64,
 }
 
-/// Appends records to the log file.
+/// A batch the file system refused: none of its records is in the file.
+#[derive(Debug, thiserror::Error)]
+#[error("writing {records} records to the verdict log")]
+pub struct Unwritten {
+    pub records: u64,
+    #[source]
+    pub source: io::Error,
+}
+
+/// Appends records to the log file, a batch at a time.
 pub struct VerdictLog {
     path: PathBuf,
-    out: BufWriter<File>,
+    out: File,
+    /// The batch being built: whole lines.
+    pending: Vec<u8>,
+    /// Verdict records in `pending` (loss records are not counted).
+    pending_records: u64,
 }
 
 impl VerdictLog {
@@ -86,7 +102,9 @@ impl VerdictLog {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         Ok(Self {
             path: path.to_owned(),
-            out: BufWriter::new(file),
+            out: file,
+            pending: Vec::new(),
+            pending_records: 0,
         })
     }
 
@@ -94,28 +112,49 @@ impl VerdictLog {
         &self.path
     }
 
-    pub fn write_verdict(&mut self, record: &VerdictRecord) -> io::Result<()> {
-        self.write_line(record)
+    /// Adds a verdict record to the batch.
+    pub fn write_verdict(&mut self, record: &VerdictRecord) {
+        self.push_line(record);
+        self.pending_records += 1;
     }
 
-    pub fn write_loss(&mut self, record: &LossRecord) -> io::Result<()> {
-        self.write_line(record)
+    /// Adds a loss record to the batch.
+    pub fn write_loss(&mut self, record: &LossRecord) {
+        self.push_line(record);
     }
 
-    fn write_line(&mut self, value: &impl Serialize) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, value)?;
-        self.out.write_all(b"\n")
+    fn push_line(&mut self, value: &impl Serialize) {
+        // Serializing these plain structs into memory cannot fail.
+        serde_json::to_writer(&mut self.pending, value).expect("a log record serializes");
+        self.pending.push(b'\n');
     }
 
-    /// Hands everything written so far to the kernel (called after each batch of events).
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+    /// Appends the batch to the file (called after each batch of events). On failure the file
+    /// is cut back to its length before, so it holds no part of the batch, and the error says
+    /// how many verdict records the batch had; the batch is dropped either way.
+    pub fn flush(&mut self) -> Result<(), Unwritten> {
+        let records = std::mem::take(&mut self.pending_records);
+        let batch = std::mem::take(&mut self.pending);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let before = self.out.metadata().map(|m| m.len());
+        let written = self.out.write_all(&batch);
+        if let Err(source) = written {
+            if let Ok(len) = before
+                && let Err(error) = self.out.set_len(len)
+            {
+                tracing::error!(%error, path = %self.path.display(),
+                    "could not remove a partly written batch from the verdict log");
+            }
+            return Err(Unwritten { records, source });
+        }
+        Ok(())
     }
 
-    /// Flushes and syncs the file to disk (shutdown).
+    /// Syncs the file to disk (shutdown).
     pub fn sync(&mut self) -> io::Result<()> {
-        self.out.flush()?;
-        self.out.get_ref().sync_all()
+        self.out.sync_all()
     }
 }
 
@@ -163,7 +202,8 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         {
             let mut log = VerdictLog::open(&path).unwrap();
-            log.write_verdict(&record()).unwrap();
+            log.write_verdict(&record());
+            log.flush().unwrap();
             log.sync().unwrap();
         }
         {
@@ -172,8 +212,8 @@ mod tests {
                 time: "2026-11-27T10:00:01Z".into(),
                 event: "lost",
                 count: 3,
-            })
-            .unwrap();
+            });
+            log.flush().unwrap();
             log.sync().unwrap();
         }
         let text = std::fs::read_to_string(&path).unwrap();
@@ -190,5 +230,78 @@ mod tests {
         assert_eq!(lines[1]["event"], "lost");
         assert_eq!(lines[1]["count"], 3);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn lines(path: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("every line is one JSON object"))
+            .collect()
+    }
+
+    #[test]
+    fn a_refused_batch_leaves_the_file_as_it_was_and_says_how_many_records_it_had() {
+        let dir = std::env::temp_dir().join(format!("bulkhead-log-refused-{}", std::process::id()));
+        let path = dir.join("v.jsonl");
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut log = VerdictLog::open(&path).unwrap();
+        log.write_verdict(&record());
+        log.flush().unwrap();
+        // A handle that cannot write stands in for a file system that refuses the batch.
+        let writable = std::mem::replace(&mut log.out, File::open(&path).unwrap());
+        log.write_verdict(&record());
+        log.write_verdict(&record());
+        let refused = log.flush().expect_err("the batch is refused");
+        assert_eq!(refused.records, 2);
+        assert_eq!(lines(&path).len(), 1);
+        // The refused batch is gone; the next one is written whole.
+        log.out = writable;
+        log.write_verdict(&record());
+        log.flush().unwrap();
+        assert_eq!(lines(&path).len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A real full file system (a 16 KiB tmpfs; needs root, skipped otherwise): the batch that
+    /// does not fit is refused without leaving a partial line.
+    #[test]
+    fn a_full_disk_leaves_no_partial_line() {
+        let dir = std::env::temp_dir().join(format!("bulkhead-log-full-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16k", "tmpfs"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipped: cannot mount a tmpfs (not root?)");
+            let _ = std::fs::remove_dir(&dir);
+            return;
+        }
+        let path = dir.join("v.jsonl");
+        let mut log = VerdictLog::open(&path).unwrap();
+        let mut written = 0u64;
+        let refused = loop {
+            for _ in 0..7 {
+                log.write_verdict(&record());
+            }
+            match log.flush() {
+                Ok(()) => written += 7,
+                Err(refused) => break refused,
+            }
+            assert!(written < 10_000, "16 KiB never filled up");
+        };
+        drop(log);
+        let kept = std::panic::catch_unwind(|| lines(&path).len() as u64);
+        let _ = std::process::Command::new("umount").arg(&dir).status();
+        let _ = std::fs::remove_dir(&dir);
+        assert_eq!(refused.records, 7);
+        let kept = kept.expect("no partial line");
+        assert_eq!(
+            kept, written,
+            "every written batch whole, nothing of the refused one"
+        );
+        assert!(written > 0);
     }
 }

@@ -32,6 +32,10 @@ pub struct Verdicts {
     /// During an upgrade: the losses already logged for the generation being replaced,
     /// subtracted from its last report ([`Self::write_retired`]).
     retired_baseline: u64,
+    /// Kernel losses of batches the file system refused: reported with the next batch.
+    lost_carried: u64,
+    /// Verdict records the file system refused since the last `unwritten` record.
+    unwritten: u64,
 }
 
 impl Verdicts {
@@ -58,12 +62,18 @@ impl Verdicts {
             losses_logged,
             loss_baseline: losses_logged,
             retired_baseline,
+            lost_carried: 0,
+            unwritten: 0,
         })
     }
 
     /// Logs and counts one batch of `generation`. A retired generation's batch
     /// ([`Datapath::finish_upgrade`]) also logs its losses not logged yet; after it, the count
     /// persisted for restarts is the live generation's, now the only one.
+    ///
+    /// A batch the file system refuses (a full disk) is not in the file at all: its records are
+    /// counted (metric `events_lost`, and an `unwritten` record once the log takes records
+    /// again), its kernel losses carried to the next batch, and the agent goes on.
     pub fn write(
         &mut self,
         generation: Generation,
@@ -73,20 +83,40 @@ impl Verdicts {
         state_dir: &StateDir,
     ) -> Result<()> {
         let live = generation == Generation::Live;
-        self.write_events(&batch, attribution, clock)?;
+        if self.unwritten > 0 {
+            self.log.write_loss(&LossRecord {
+                time: jiff::Timestamp::now().to_string(),
+                event: "unwritten",
+                count: self.unwritten,
+            });
+        }
+        self.write_events(&batch, attribution, clock);
         let baseline = if live {
             &mut self.loss_baseline
         } else {
             &mut self.retired_baseline
         };
-        let lost = batch.lost.saturating_sub(std::mem::take(baseline));
+        let lost = batch.lost.saturating_sub(std::mem::take(baseline)) + self.lost_carried;
         if lost > 0 {
-            self.write_loss(lost)?;
+            self.write_loss(lost);
+        }
+        if let Err(refused) = self.log.flush() {
+            self.metrics.events_lost.inc_by(refused.records);
+            self.unwritten += refused.records;
+            self.lost_carried = lost;
+            tracing::error!(error = %anyhow::Error::from(refused), path = %self.log.path().display(),
+                unwritten = self.unwritten, "the verdict log refused a batch; its records are counted");
+            return Ok(());
+        }
+        self.unwritten = 0;
+        self.lost_carried = 0;
+        if lost > 0 {
+            self.metrics.events_lost.inc_by(lost);
+            tracing::warn!(lost, "verdict events lost (ring buffer full)");
             if live {
                 self.losses_logged += lost;
             }
         }
-        self.log.flush()?;
         if (lost > 0 || !live)
             && let Err(error) = state_dir.save_losses_logged(self.losses_logged)
         {
@@ -95,12 +125,7 @@ impl Verdicts {
         Ok(())
     }
 
-    fn write_events(
-        &mut self,
-        batch: &EventBatch,
-        attribution: &Attribution,
-        clock: &BootClock,
-    ) -> Result<()> {
+    fn write_events(&mut self, batch: &EventBatch, attribution: &Attribution, clock: &BootClock) {
         for event in &batch.events {
             let record = attribution.record(event, clock);
             let policy = record.policy.as_ref().map_or_else(
@@ -118,20 +143,16 @@ impl Verdicts {
                     policy,
                 })
                 .inc();
-            self.log.write_verdict(&record)?;
+            self.log.write_verdict(&record);
         }
-        Ok(())
     }
 
-    fn write_loss(&mut self, lost: u64) -> Result<()> {
-        self.metrics.events_lost.inc_by(lost);
-        tracing::warn!(lost, "verdict events lost (ring buffer full)");
+    fn write_loss(&mut self, lost: u64) {
         self.log.write_loss(&LossRecord {
             time: jiff::Timestamp::now().to_string(),
             event: "lost",
             count: lost,
-        })?;
-        Ok(())
+        });
     }
 
     /// At shutdown: logs what the kernel has already decided, and syncs the log.
