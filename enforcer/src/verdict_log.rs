@@ -152,6 +152,12 @@ impl VerdictLog {
         Ok(())
     }
 
+    /// Replaces the file handle, returning the old one (tests: a handle that refuses writes).
+    #[cfg(test)]
+    pub(crate) fn swap_file_for_tests(&mut self, file: File) -> File {
+        std::mem::replace(&mut self.out, file)
+    }
+
     /// Syncs the file to disk (shutdown).
     pub fn sync(&mut self) -> io::Result<()> {
         self.out.sync_all()
@@ -249,14 +255,14 @@ mod tests {
         log.write_verdict(&record());
         log.flush().unwrap();
         // A handle that cannot write stands in for a file system that refuses the batch.
-        let writable = std::mem::replace(&mut log.out, File::open(&path).unwrap());
+        let writable = log.swap_file_for_tests(File::open(&path).unwrap());
         log.write_verdict(&record());
         log.write_verdict(&record());
         let refused = log.flush().expect_err("the batch is refused");
         assert_eq!(refused.records, 2);
         assert_eq!(lines(&path).len(), 1);
         // The refused batch is gone; the next one is written whole.
-        log.out = writable;
+        log.swap_file_for_tests(writable);
         log.write_verdict(&record());
         log.flush().unwrap();
         assert_eq!(lines(&path).len(), 2);

@@ -32,8 +32,10 @@ pub struct Verdicts {
     /// During an upgrade: the losses already logged for the generation being replaced,
     /// subtracted from its last report ([`Self::write_retired`]).
     retired_baseline: u64,
-    /// Kernel losses of batches the file system refused: reported with the next batch.
+    /// Kernel losses of batches the file system refused, reported with the next batch: the live
+    /// generation's (counted in `losses_logged` once written) and a retired one's (not).
     lost_carried: u64,
+    retired_lost_carried: u64,
     /// Verdict records the file system refused since the last `unwritten` record.
     unwritten: u64,
 }
@@ -63,6 +65,7 @@ impl Verdicts {
             loss_baseline: losses_logged,
             retired_baseline,
             lost_carried: 0,
+            retired_lost_carried: 0,
             unwritten: 0,
         })
     }
@@ -96,26 +99,32 @@ impl Verdicts {
         } else {
             &mut self.retired_baseline
         };
-        let lost = batch.lost.saturating_sub(std::mem::take(baseline)) + self.lost_carried;
+        let new_lost = batch.lost.saturating_sub(std::mem::take(baseline));
+        let (live_lost, retired_lost) = if live {
+            (new_lost + self.lost_carried, self.retired_lost_carried)
+        } else {
+            (self.lost_carried, new_lost + self.retired_lost_carried)
+        };
+        let lost = live_lost + retired_lost;
         if lost > 0 {
             self.write_loss(lost);
         }
         if let Err(refused) = self.log.flush() {
             self.metrics.events_lost.inc_by(refused.records);
             self.unwritten += refused.records;
-            self.lost_carried = lost;
+            self.lost_carried = live_lost;
+            self.retired_lost_carried = retired_lost;
             tracing::error!(error = %anyhow::Error::from(refused), path = %self.log.path().display(),
                 unwritten = self.unwritten, "the verdict log refused a batch; its records are counted");
             return Ok(());
         }
         self.unwritten = 0;
         self.lost_carried = 0;
+        self.retired_lost_carried = 0;
         if lost > 0 {
             self.metrics.events_lost.inc_by(lost);
             tracing::warn!(lost, "verdict events lost (ring buffer full)");
-            if live {
-                self.losses_logged += lost;
-            }
+            self.losses_logged += live_lost;
         }
         if (lost > 0 || !live)
             && let Err(error) = state_dir.save_losses_logged(self.losses_logged)
@@ -166,6 +175,14 @@ impl Verdicts {
         let batch = events.try_next_batch()?;
         self.write(Generation::Live, batch, attribution, clock, state_dir)?;
         self.log.sync()?;
+        // The log takes no later batch that could carry the count: say it on the way out.
+        if self.unwritten > 0 {
+            anyhow::bail!(
+                "{} verdict records could not be written to {} (counted in events_lost)",
+                self.unwritten,
+                self.log.path().display()
+            );
+        }
         Ok(())
     }
 }
@@ -198,5 +215,84 @@ pub fn spawn_metrics(addr: Option<std::net::SocketAddr>, metrics: &Arc<Metrics>)
                 tracing::error!(%error, %addr, "metrics endpoint failed");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_batch_is_reported_as_unwritten_with_the_next_one() {
+        let dir = std::env::temp_dir().join(format!("bulkhead-verdicts-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("v.jsonl");
+        let state_dir = StateDir::open(&dir.join("state")).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let mut verdicts = Verdicts {
+            log: VerdictLog::open(&path).unwrap(),
+            metrics: Arc::clone(&metrics),
+            losses_logged: 0,
+            loss_baseline: 0,
+            retired_baseline: 0,
+            lost_carried: 0,
+            retired_lost_carried: 0,
+            unwritten: 0,
+        };
+        let attribution = Attribution::default();
+        let clock = BootClock { offset_ns: 0 };
+        let event = enforcer_common::VerdictEvent {
+            timestamp_ns: 1,
+            cgroup_id: 1,
+            socket_cookie: 1,
+            revision: 1,
+            src_addr: [0; 16],
+            dst_addr: [0; 16],
+            src_port: 1,
+            dst_port: 2,
+            local_identity: 256,
+            remote_identity: 2,
+            rule_id: 0,
+            direction: enforcer_common::DIR_EGRESS,
+            hook: enforcer_common::HOOK_CONNECT,
+            protocol: enforcer_common::PROTO_TCP,
+            verdict: enforcer_common::VERDICT_ALLOW,
+            reason: enforcer_common::REASON_NOT_ISOLATED,
+            family: enforcer_common::FAMILY_INET,
+            _pad: [0; 10],
+        };
+        let batch = |n: usize, lost: u64| EventBatch {
+            events: vec![event; n],
+            lost,
+        };
+        let write = |v: &mut Verdicts, b: EventBatch| {
+            v.write(Generation::Live, b, &attribution, &clock, &state_dir)
+                .unwrap();
+        };
+        write(&mut verdicts, batch(1, 0));
+        // The file system refuses the next batch (3 verdicts, 2 kernel losses).
+        let writable = verdicts
+            .log
+            .swap_file_for_tests(std::fs::File::open(&path).unwrap());
+        write(&mut verdicts, batch(3, 2));
+        assert_eq!(metrics.events_lost.get(), 3);
+        verdicts.log.swap_file_for_tests(writable);
+        write(&mut verdicts, batch(1, 0));
+
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let events: Vec<&str> = lines
+            .iter()
+            .map(|l| l["event"].as_str().unwrap_or("verdict"))
+            .collect();
+        assert_eq!(events, ["verdict", "unwritten", "verdict", "lost"]);
+        assert_eq!(lines[1]["count"], 3);
+        assert_eq!(lines[3]["count"], 2);
+        assert_eq!(metrics.events_lost.get(), 5);
+        assert_eq!(verdicts.losses_logged, 2);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
